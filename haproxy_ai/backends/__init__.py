@@ -1,0 +1,6 @@
+"""Backends, their load statistics, and the registry that publishes immutable snapshots."""
+
+from .backend import Backend, BackendStats
+from .registry import BackendSnapshot, Registry
+
+__all__ = ["Backend", "BackendSnapshot", "BackendStats", "Registry"]

@@ -1,0 +1,41 @@
+"""Per-request state that travels through the pipeline alongside the request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .outcome import Outcome
+
+__all__ = ["AttemptRecord", "RequestContext"]
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """What happened on one attempt to one backend (monotonic seconds)."""
+
+    backend: Backend
+    started: float
+    headers_at: float | None = None
+    ended: float | None = None
+    outcome: Outcome | None = None
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    received: float  # monotonic
+    deadline: float  # monotonic; inf when there is no total timeout
+    client: str | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    # Time spent waiting on upstreams before response headers; subtracted to get proxy overhead.
+    upstream_wait: float = 0.0
+    # Set when the client disconnected before the response was complete.
+    client_gone: bool = False
+
+    @property
+    def tried(self) -> list[Backend]:
+        return [a.backend for a in self.attempts]
