@@ -1,0 +1,381 @@
+"""Builds the ASGI apps: the data-path proxy (a plain ASGI callable) and the admin app.
+
+The data path is deliberately not a Starlette route: a plain callable over aiohttp measured
+several times faster here (see README, Performance). Its lifespan starts and stops the shared
+upstream client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .backends import Backend, BackendStats, Registry
+from .clock import Clock, SystemClock
+from .context import RequestContext
+from .errors import BodyTooLarge, InvalidRequest, NoBackendAvailable, ProxyError, error_body
+from .metrics import Metrics
+from .pipeline import build_pipeline
+from .settings import Settings
+from .types import Handler, ProxyRequest
+from .upstream import Upstream, make_upstream
+
+__all__ = ["Proxy", "build_proxy"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("haproxy_ai.proxy")
+access_log = logging.getLogger("haproxy_ai.access")
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection (legacy) — never forwarded either way.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Request fields the proxy sets itself (Host is the backend's; the length is recomputed from the
+# buffered body; the body is already read, so Expect: 100-continue is answered here).
+_REQUEST_DROP = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+}
+_RESPONSE_DROP = _HOP_BY_HOP | {b"x-haproxy-ai-backend", b"x-request-id"}
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _State:
+    """Mutable per-request flags shared with the disconnect watcher."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = False
+
+
+class Proxy:
+    """The data-path ASGI app and the runtime it owns (registry, upstream client, metrics)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        upstream: Upstream | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.registry = Registry(
+            Backend(b.name, b.url, b.weight, BackendStats(settings.balancer.ewma_decay)) for b in settings.backends
+        )
+        self.metrics = Metrics(self.registry)
+        self.upstream = upstream or make_upstream(settings, self.clock)
+        self.pipeline: Handler = build_pipeline(
+            settings,
+            registry=self.registry,
+            upstream=self.upstream,
+            clock=self.clock,
+            metrics=self.metrics,
+            rng=rng or random.Random(),
+        )
+        self.draining = False
+        self.started = False
+        self._max_body = settings.limits.max_request_body
+        self._total = settings.timeouts.total or math.inf
+        self._backend_header = settings.upstream.backend_header
+        self._server_timing = settings.upstream.server_timing
+        self._access_log = settings.listen.access_log
+
+    # -- lifespan -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if not self.started:
+            await self.upstream.start()
+            self.started = True
+
+    async def shutdown(self) -> None:
+        if self.started:
+            await self.upstream.aclose()
+            self.started = False
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # report, so the server refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- ASGI entry -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets are not proxied
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        clock = self.clock
+        received = clock.monotonic()
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+
+        # One pass over the request headers.
+        headers: list[tuple[str, str]] = []
+        host = request_id = forwarded_for = None
+        declared_length: bytes | None = None
+        connection_tokens: bytes | None = None
+        for name, value in scope["headers"]:
+            if name in _REQUEST_DROP:
+                if name == b"host":
+                    host = value
+                elif name == b"x-request-id":
+                    request_id = value
+                elif name == b"x-forwarded-for":
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                elif name == b"content-length":
+                    declared_length = value
+                elif name == b"connection":
+                    connection_tokens = value if connection_tokens is None else connection_tokens + b"," + value
+                continue
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if connection_tokens is not None:
+            # Fields named in Connection are hop-by-hop for this hop only (RFC 9110 §7.6.1).
+            named = {t.strip().lower().decode("latin-1") for t in connection_tokens.split(b",")}
+            headers = [(k, v) for k, v in headers if k.lower() not in named]
+
+        rid = (
+            request_id.decode("latin-1")
+            if request_id is not None and _REQUEST_ID.fullmatch(request_id)
+            else uuid.uuid4().hex
+        )
+
+        if method == "CONNECT":
+            await self._error(send, InvalidRequest("CONNECT is not supported: this is a reverse proxy", status=405),
+                              rid, received)
+            return
+        if not raw_path.startswith(b"/"):
+            await self._error(send, InvalidRequest("request target must be an absolute path"), rid, received)
+            return
+
+        try:
+            body = await self._read_body(receive, declared_length)
+        except BodyTooLarge as exc:
+            await self._error(send, exc, rid, received, close=True)
+            return
+        except _ClientGone:
+            self.metrics.client_disconnects.inc()
+            self.metrics.response(499, clock.monotonic() - received)
+            return
+
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if peer is not None:
+            headers.append(("x-forwarded-for", f"{forwarded_for.decode('latin-1')}, {peer}" if forwarded_for else peer))
+        elif forwarded_for is not None:
+            headers.append(("x-forwarded-for", forwarded_for.decode("latin-1")))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        if host is not None:
+            headers.append(("x-forwarded-host", host.decode("latin-1")))
+        headers.append(("x-request-id", rid))
+
+        query: bytes = scope.get("query_string", b"")
+        target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
+        request = ProxyRequest(method, target, headers, body)
+        ctx = RequestContext(rid, received, received + self._total, peer)
+
+        # Watch for the client going away while we wait on or stream from the backend, so the
+        # upstream request is cancelled at once and the replica stops generating.
+        task = asyncio.current_task()
+        assert task is not None
+        state = _State()
+        watcher = asyncio.create_task(_watch_disconnect(receive, task, ctx, state))
+        try:
+            await self._proxy(request, ctx, send, state)
+        except asyncio.CancelledError:
+            if not ctx.client_gone or task.uncancel() > 0:
+                raise
+        finally:
+            watcher.cancel()
+        if ctx.client_gone:
+            self.metrics.client_disconnects.inc()
+            self.metrics.response(499, clock.monotonic() - received)
+
+    async def _read_body(self, receive: Receive, declared_length: bytes | None) -> bytes:
+        limit = self._max_body
+        if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+            # Refuse before reading a byte of it.
+            raise BodyTooLarge(f"request body of {int(declared_length)} bytes exceeds the {limit}-byte limit")
+        first = b""
+        more: list[bytes] | None = None
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+                if not first:
+                    first = chunk
+                else:
+                    if more is None:
+                        more = [first]
+                    more.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(more) if more is not None else first
+
+    async def _proxy(self, request: ProxyRequest, ctx: RequestContext, send: Send, state: _State) -> None:
+        clock = self.clock
+        try:
+            response = await self.pipeline(request, ctx)
+        except ProxyError as exc:
+            await self._error(send, exc, ctx.request_id, ctx.received, ctx=ctx)
+            return
+        status = response.status
+        try:
+            out = _response_headers(response.headers)
+            out.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+            backend = ctx.attempts[-1].backend
+            if self._backend_header:
+                out.append((b"x-haproxy-ai-backend", backend.name.encode("latin-1")))
+            overhead = clock.monotonic() - ctx.received - ctx.upstream_wait
+            if self._server_timing:
+                out.append(
+                    (
+                        b"server-timing",
+                        b"proxy;dur=%.3f, upstream;dur=%.3f" % (overhead * 1000, ctx.upstream_wait * 1000),
+                    )
+                )
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            self.metrics.overhead.observe(overhead)
+            try:
+                async for chunk in response.chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except ProxyError as exc:
+                # Committed: bytes reached the client, so never replay. Close the connection
+                # without the final chunk so the client sees an incomplete response, not a
+                # complete-looking one.
+                log.warning("request %s: %s; response truncated", ctx.request_id, exc.message)
+                self.metrics.truncated.inc()
+                self.metrics.response(status, clock.monotonic() - ctx.received)
+                return
+            state.complete = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+        self.metrics.response(status, clock.monotonic() - ctx.received)
+        if self._access_log:
+            self._log_access(request, ctx, status)
+
+    async def _error(
+        self,
+        send: Send,
+        exc: ProxyError,
+        request_id: str,
+        received: float,
+        *,
+        close: bool = False,
+        ctx: RequestContext | None = None,
+    ) -> None:
+        status = exc.status
+        body = error_body(exc, request_id)
+        headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode("latin-1")),
+        ]
+        if isinstance(exc, NoBackendAvailable):
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        if self._backend_header and exc.backend:
+            headers.append((b"x-haproxy-ai-backend", exc.backend.encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        self.metrics.response(status, self.clock.monotonic() - received)
+        if status >= 500:
+            log.warning("request %s: %s -> %d", request_id, exc.message, status)
+
+    def _log_access(self, request: ProxyRequest, ctx: RequestContext, status: int) -> None:
+        # Method, path, status, backend and timings only: never headers or bodies (secrets).
+        attempt = ctx.attempts[-1] if ctx.attempts else None
+        access_log.info(
+            '%s %s "%s %s" %d backend=%s duration_ms=%.1f',
+            ctx.request_id,
+            ctx.client or "-",
+            request.method,
+            request.target.split("?", 1)[0],
+            status,
+            attempt.backend.name if attempt else "-",
+            (self.clock.monotonic() - ctx.received) * 1000,
+        )
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == b"connection":
+                named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
+            continue
+        out.append((name, value))
+    if named:
+        # Fields named in Connection are hop-by-hop for this hop only (RFC 9110 §7.6.1).
+        out = [(k, v) for k, v in out if k.lower() not in named]
+    return out
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: RequestContext, state: _State) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not state.complete:
+                ctx.client_gone = True
+                task.cancel()
+            return
+
+
+def build_proxy(settings: Settings, **kwargs: Any) -> Proxy:
+    return Proxy(settings, **kwargs)

@@ -1,0 +1,187 @@
+"""``haproxy-ai``: argv and env -> settings -> run. No other logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .settings import ConfigError, Settings, load_settings, settings_to_dict
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _serve_flags(parser: argparse.ArgumentParser, *, defaults_note: bool = True) -> None:
+    env = "env HAPROXY_AI_"
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config file ({env}CONFIG)")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="URL[,weight=N][,name=NAME]",
+        help=f"a replica; repeat for more; replaces the file's backends ({env}BACKENDS, whitespace-separated)",
+    )
+    parser.add_argument("--host", help=f"data listener address, default 127.0.0.1 ({env}HOST)")
+    parser.add_argument("--port", help=f"data port, default 8080 ({env}PORT)")
+    parser.add_argument("--admin-host", help=f"admin listener address, default 127.0.0.1 ({env}ADMIN_HOST)")
+    parser.add_argument("--admin-port", help=f"admin port, default 9901 ({env}ADMIN_PORT)")
+    parser.add_argument("--balancer", help=f"p2c (default) or round_robin ({env}BALANCER)")
+    parser.add_argument("--upstream-client", help=f"aiohttp (default) or httpx ({env}UPSTREAM_CLIENT)")
+    parser.add_argument(
+        "--access-log", action="store_const", const="true", help=f"log one line per request ({env}ACCESS_LOG)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haproxy-ai", description="High-availability streaming reverse proxy for AI inference replicas."
+    )
+    parser.add_argument("--version", action="version", version=f"haproxy-ai {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("HAPROXY_AI_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level (env HAPROXY_AI_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    _serve_flags(serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check.add_argument("file", help="YAML config file")
+
+    from . import fake_backend
+
+    fake = sub.add_parser("fake-backend", help="run a simulated OpenAI-compatible replica")
+    fake_backend.add_arguments(fake)
+
+    demo = sub.add_parser("demo", help="three simulated replicas behind the proxy, in one process")
+    demo.add_argument("--host", default="127.0.0.1", help="data listener address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="data port (default 8080; 0 = any free port)")
+    demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901; 0 = any free port)")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "config": args.config,
+        "backend": args.backend,
+        "host": args.host,
+        "port": args.port,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
+        "balancer": args.balancer,
+        "upstream_client": args.upstream_client,
+        "access_log": args.access_log,
+    }
+
+
+def _config_error(exc: ConfigError) -> int:
+    print("haproxy-ai: invalid configuration:", file=sys.stderr)
+    for issue in exc.issues:
+        print(f"  {issue}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .server import ProxyServer, configure_logging
+
+    try:
+        settings = load_settings(overrides=_flag_overrides(args))
+    except ConfigError as exc:
+        return _config_error(exc)
+    configure_logging(args.log_level)
+    return _run_until_signal(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from .server import ProxyServer
+
+    try:
+        server = ProxyServer(settings)
+    except OSError as exc:
+        raise SystemExit(f"haproxy-ai: cannot bind a listener: {exc.strerror or exc}") from None
+
+    def ready(s: ProxyServer) -> None:
+        host, port = s.data_address
+        admin = s.admin_address
+        names = ", ".join(b.name for b in settings.backends)
+        print(f"haproxy-ai: proxying http://{host}:{port} -> {names}", flush=True)
+        if admin:
+            print(f"haproxy-ai: admin on http://{admin[0]}:{admin[1]} (/metrics /healthz /readyz /admin/backends)",
+                  flush=True)
+
+    await server.serve(handle_signals=True, on_ready=ready)
+
+
+def _run_until_signal(coro: Any) -> int:
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable without it
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(coro)
+    return 0
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file, environ={})
+    except ConfigError as exc:
+        return _config_error(exc)
+    print(f"# {args.file}: OK — effective configuration:")
+    print(yaml.safe_dump(settings_to_dict(settings), sort_keys=False), end="")
+    return 0
+
+
+def _run_fake_backend(args: argparse.Namespace) -> int:
+    from . import fake_backend
+
+    try:
+        options = fake_backend.options_from_args(args)
+    except ValueError as exc:
+        print(f"haproxy-ai fake-backend: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def ready(backend: fake_backend.FakeBackend) -> None:
+        print(f"fake-backend: serving {backend.url} (model {options.model})", flush=True)
+
+    return _run_until_signal(fake_backend.serve_forever(options, args.host, args.port, ready))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .server import configure_logging
+
+    configure_logging(args.log_level)
+    return _run_until_signal(run_demo(args.host, args.port, args.admin_port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _run_serve(args)
+    if args.command == "check-config":
+        return _run_check_config(args)
+    if args.command == "fake-backend":
+        return _run_fake_backend(args)
+    if args.command == "demo":
+        return _run_demo(args)
+    parser.print_help()
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Request-path stages. Each is built with ``next`` first plus keyword options and is called as
+``await stage(request, ctx)``; the order they run in is written only in ``pipeline.py``."""
+
+from .attempt import Attempt
+from .balance import Balance
+
+__all__ = ["Attempt", "Balance"]
