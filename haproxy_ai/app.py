@@ -188,8 +188,9 @@ class Proxy:
         )
 
         if method == "CONNECT":
-            await self._error(send, InvalidRequest("CONNECT is not supported: this is a reverse proxy", status=405),
-                              rid, received)
+            await self._error(
+                send, InvalidRequest("CONNECT is not supported: this is a reverse proxy", status=405), rid, received
+            )
             return
         if not raw_path.startswith(b"/"):
             await self._error(send, InvalidRequest("request target must be an absolute path"), rid, received)

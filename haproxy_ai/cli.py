@@ -93,7 +93,7 @@ def _config_error(exc: ConfigError) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .server import ProxyServer, configure_logging
+    from .server import configure_logging
 
     try:
         settings = load_settings(overrides=_flag_overrides(args))
@@ -117,8 +117,10 @@ async def _serve(settings: Settings) -> None:
         names = ", ".join(b.name for b in settings.backends)
         print(f"haproxy-ai: proxying http://{host}:{port} -> {names}", flush=True)
         if admin:
-            print(f"haproxy-ai: admin on http://{admin[0]}:{admin[1]} (/metrics /healthz /readyz /admin/backends)",
-                  flush=True)
+            print(
+                f"haproxy-ai: admin on http://{admin[0]}:{admin[1]} (/metrics /healthz /readyz /admin/backends)",
+                flush=True,
+            )
 
     await server.serve(handle_signals=True, on_ready=ready)
 

@@ -11,8 +11,9 @@ __all__ = ["run_demo"]
 _REPLICAS = (
     FakeBackendOptions(name="replica-1", latency=0.05, jitter=0.02, chunk_interval=0.02),
     # Heavy tail: one request in ten waits 1.5 s for its first token.
-    FakeBackendOptions(name="replica-2-slow-tail", latency=0.05, tail_fraction=0.1, tail_latency=1.5,
-                       chunk_interval=0.02),
+    FakeBackendOptions(
+        name="replica-2-slow-tail", latency=0.05, tail_fraction=0.1, tail_latency=1.5, chunk_interval=0.02
+    ),
     # Fails now and then, as a replica with a flaky engine would.
     FakeBackendOptions(name="replica-3-flaky", latency=0.05, error_rate=0.05, error_status=500, chunk_interval=0.02),
 )

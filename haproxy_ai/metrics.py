@@ -6,6 +6,7 @@ a dict lookup and an ``inc``/``observe``, never a ``labels()`` call with string 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -78,11 +79,9 @@ class Metrics:
         """Export per-backend gauges read live from the registry at scrape time."""
         for backend in registry.snapshot().backends:
             name = backend.name
-            self._inflight.labels(name).set_function(lambda b=backend: b.stats.inflight)
+            self._inflight.labels(name).set_function(_inflight_of(backend))
             self._weight.labels(name).set(backend.weight)
-            self._routable.labels(name).set_function(
-                lambda b=backend: 1.0 if b in registry.snapshot().routable else 0.0
-            )
+            self._routable.labels(name).set_function(_routable_in(registry, backend))
 
     def response(self, code: int, duration: float) -> None:
         child = self._codes.get(code)
@@ -102,3 +101,11 @@ class Metrics:
             if hist is None:
                 hist = self._ttfb_children[backend.name] = self.ttfb.labels(backend.name)
             hist.observe(ttfb)
+
+
+def _inflight_of(backend: Backend) -> Callable[[], float]:
+    return lambda: float(backend.stats.inflight)
+
+
+def _routable_in(registry: Registry, backend: Backend) -> Callable[[], float]:
+    return lambda: 1.0 if backend in registry.snapshot().routable else 0.0

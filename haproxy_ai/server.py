@@ -116,7 +116,9 @@ class ProxyServer:
         self.proxy.draining = True
         self._data.should_exit = True
 
-    async def serve(self, *, handle_signals: bool = False, on_ready: Callable[[ProxyServer], None] | None = None) -> None:
+    async def serve(
+        self, *, handle_signals: bool = False, on_ready: Callable[[ProxyServer], None] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

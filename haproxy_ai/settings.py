@@ -367,7 +367,9 @@ class _Parser:
                 parts = urlsplit(backend.url)
                 backend = dataclasses.replace(backend, name=f"{parts.hostname}:{parts.port or 80}")
             if backend.name in seen:
-                self.error(f"{sub}.name", f"duplicate backend name {backend.name!r} (also backends[{seen[backend.name]}])")
+                self.error(
+                    f"{sub}.name", f"duplicate backend name {backend.name!r} (also backends[{seen[backend.name]}])"
+                )
                 continue
             seen[backend.name] = i
             result.append(backend)
@@ -434,8 +436,10 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
     has_backend_errors = any(i.path.startswith("backends") for i in parser.issues)
     if require_backends and not settings.backends and not has_backend_errors:
         parser.error("backends", "at least one backend is required (config file, --backend or HAPROXY_AI_BACKENDS)")
-    if settings.admin.enabled and settings.admin.port == settings.listen.port != 0 and (
-        settings.admin.host == settings.listen.host or "0.0.0.0" in (settings.admin.host, settings.listen.host)
+    if (
+        settings.admin.enabled
+        and settings.admin.port == settings.listen.port != 0
+        and (settings.admin.host == settings.listen.host or "0.0.0.0" in (settings.admin.host, settings.listen.host))
     ):
         parser.error("admin.port", f"must differ from listen.port ({settings.listen.port})")
     if parser.issues:
@@ -480,7 +484,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, str]]:
     except UnicodeDecodeError:
         raise ConfigError([ConfigIssue("", "config file is not UTF-8 text", str(path))]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -496,11 +500,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -566,9 +568,7 @@ def load_settings(
             if name == "backend":
                 data["backends"] = list(value)
                 for i in range(len(value)):
-                    where[f"backends[{i}]"] = (
-                        f"{label}BACKENDS" if label.startswith("env") else "--backend"
-                    )
+                    where[f"backends[{i}]"] = f"{label}BACKENDS" if label.startswith("env") else "--backend"
                 continue
             section, key = OVERRIDES[name]
             merged = dict(data.get(section) or {}) if isinstance(data.get(section), Mapping) else {}

@@ -236,7 +236,7 @@ def test_idle_timeout_mid_stream_truncates_never_completes(stack: Stack, upstrea
     proxy = _proxy(stack, upstream_client, [backend], timeouts={"idle": "200ms"})
     payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:  # noqa: PT012
+    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
         with c.stream("POST", "/v1/chat/completions", json=payload) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
@@ -252,7 +252,7 @@ def test_backend_dying_mid_stream_gives_an_abnormal_end(stack: Stack, upstream_c
     proxy = _proxy(stack, upstream_client, [backend])
     payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:  # noqa: PT012
+    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
         with c.stream("POST", "/v1/chat/completions", json=payload) as r:
             for line in r.iter_lines():
                 received.append(line)
@@ -292,7 +292,10 @@ def test_p2c_follows_weights_when_load_is_equal(stack: Stack, upstream_client: s
     proxy = _proxy(
         stack,
         upstream_client,
-        [{"url": backends[0].url, "name": "light", "weight": 1}, {"url": backends[1].url, "name": "heavy", "weight": 3}],
+        [
+            {"url": backends[0].url, "name": "light", "weight": 1},
+            {"url": backends[1].url, "name": "heavy", "weight": 3},
+        ],
         balancer={"type": "p2c", "cost_tolerance": 10},  # equal load: only the weighted draw decides
     )
     counts = {"light": 0, "heavy": 0}

@@ -33,7 +33,9 @@ def test_bad_durations(bad: object) -> None:
         parse_duration(bad)
 
 
-@pytest.mark.parametrize(("text", "size"), [("10MiB", 10 * 2**20), ("512k", 512_000), ("1GB", 10**9), (42, 42), ("7", 7)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("10MiB", 10 * 2**20), ("512k", 512_000), ("1GB", 10**9), (42, 42), ("7", 7)]
+)
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
 

@@ -10,9 +10,7 @@ __all__ = ["Balancer"]
 
 
 class Balancer(Protocol):
-    def pick(
-        self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random
-    ) -> Backend | None:
+    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
         """Choose one of ``candidates`` not in ``exclude``; None when none is left.
 
         Synchronous and free of I/O: it reads only the backends' weights and load stats.

@@ -24,9 +24,7 @@ class PeakEwmaP2C:
     def __init__(self, *, cost_tolerance: float = 0.2) -> None:
         self._keep_first = 1.0 + cost_tolerance
 
-    def pick(
-        self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random
-    ) -> Backend | None:
+    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
         pool = [b for b in candidates if b not in exclude] if exclude else candidates
         n = len(pool)
         if n == 0:

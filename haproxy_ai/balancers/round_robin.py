@@ -19,9 +19,7 @@ class SmoothWeightedRoundRobin:
     def __init__(self) -> None:
         self._current: WeakKeyDictionary[Backend, int] = WeakKeyDictionary()
 
-    def pick(
-        self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random
-    ) -> Backend | None:
+    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
         best: Backend | None = None
         best_score = 0
         total = 0

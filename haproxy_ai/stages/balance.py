@@ -8,7 +8,7 @@ from ..context import RequestContext
 from ..errors import NoBackendAvailable
 from ..types import ProxyRequest, UpstreamResponse
 
-__all__ = ["Balance", "BackendHandler"]
+__all__ = ["BackendHandler", "Balance"]
 
 from collections.abc import Awaitable, Callable
 
@@ -33,7 +33,5 @@ class Balance:
         if backend is None and tried:
             backend = self._balancer.pick(candidates, (), self._rng)
         if backend is None:
-            raise NoBackendAvailable(
-                f"no routable backend ({len(snapshot.backends)} configured, none available)"
-            )
+            raise NoBackendAvailable(f"no routable backend ({len(snapshot.backends)} configured, none available)")
         return await self._next(request, ctx, backend)

@@ -72,9 +72,7 @@ class AiohttpUpstream:
                 )
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                raise ConnectTimeout(
-                    f"connecting to backend {backend.name} timed out", backend=backend.name
-                ) from exc
+                raise ConnectTimeout(f"connecting to backend {backend.name} timed out", backend=backend.name) from exc
             raise timeouts.first_byte_error(by_deadline, backend) from exc
         except aiohttp.ClientConnectorError as exc:
             raise ConnectFailed(
@@ -99,9 +97,7 @@ def _reset(backend: Backend, exc: BaseException, when: str) -> ProxyError:
 class _Response:
     __slots__ = ("_backend", "_clock", "_done", "_resp", "_timeouts", "headers", "status")
 
-    def __init__(
-        self, resp: aiohttp.ClientResponse, backend: Backend, timeouts: AttemptTimeouts, clock: Clock
-    ) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, backend: Backend, timeouts: AttemptTimeouts, clock: Clock) -> None:
         self._resp = resp
         self._backend = backend
         self._timeouts = timeouts
