@@ -1,8 +1,4 @@
-"""Typed, frozen configuration: parsed once, validated with errors that name the key path.
-
-This module is the only reader of config files and ``os.environ``. Durations (``250ms``,
-``2s``, ``1m30s``) become float seconds and sizes (``10MiB``, ``512k``) become int bytes at
-load time, so nothing on the request path parses strings.
+"""Loading: YAML (with line numbers), env vars and flags merged, then parsed into Settings.
 
 Precedence, lowest first: built-in defaults < YAML file < ``HAPROXY_AI_*`` env vars < CLI flags.
 """
@@ -10,296 +6,29 @@ Precedence, lowest first: built-in defaults < YAML file < ``HAPROXY_AI_*`` env v
 from __future__ import annotations
 
 import dataclasses
-import math
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from .errors import ConfigError, ConfigIssue
+from .schema import SECTIONS, BackendSettings, Settings
+from .values import format_duration, format_size, parse_scalar
+
 __all__ = [
-    "AdminSettings",
-    "BackendSettings",
-    "BalancerSettings",
-    "ConfigError",
-    "LimitSettings",
-    "ListenSettings",
-    "Settings",
-    "TimeoutSettings",
-    "UpstreamSettings",
-    "format_duration",
-    "format_size",
+    "ENV_PREFIX",
+    "OVERRIDES",
+    "env_overrides",
     "load_settings",
     "parse_backend_spec",
-    "parse_duration",
     "parse_settings",
-    "parse_size",
     "settings_to_dict",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Field kinds. Each field's metadata names how to parse it and which bounds apply.
-
-
-def _f(default: Any, kind: str, doc: str, **bounds: Any) -> Any:
-    return field(default=default, metadata={"kind": kind, "doc": doc, **bounds})
-
-
-@dataclass(frozen=True, slots=True)
-class ListenSettings:
-    host: str = _f("127.0.0.1", "str", "address of the data listener (0.0.0.0 for all interfaces)")
-    port: int = _f(8080, "int", "data port (0 = pick a free one)", min=0, max=65535)
-    backlog: int = _f(2048, "int", "listen(2) backlog", min=1)
-    drain_timeout: float = _f(30.0, "duration", "on SIGTERM, how long open requests may finish", min=0)
-    access_log: bool = _f(False, "bool", "log one line per request")
-
-
-@dataclass(frozen=True, slots=True)
-class AdminSettings:
-    enabled: bool = _f(True, "bool", "serve /metrics, /healthz, /readyz and /admin/*")
-    host: str = _f("127.0.0.1", "str", "admin address; keep it off public interfaces")
-    port: int = _f(9901, "int", "admin port (0 = pick a free one)", min=0, max=65535)
-
-
-@dataclass(frozen=True, slots=True)
-class BackendSettings:
-    url: str = _f("", "str", "http(s)://host:port[/base-path] of the replica")
-    name: str = _f("", "str", "unique name (default: host:port)")
-    weight: int = _f(1, "int", "relative share of traffic", gt=0, max=1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class BalancerSettings:
-    type: str = _f("p2c", "choice", "p2c (peak-EWMA + in-flight) or round_robin", choices=("p2c", "round_robin"))
-    ewma_decay: float = _f(10.0, "duration", "p2c: how fast a replica that sped up is trusted again", gt=0)
-    cost_tolerance: float = _f(
-        0.2, "float", "p2c: keep the weighted first pick unless the other is this much cheaper", min=0
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
-    client: str = _f("aiohttp", "choice", "aiohttp (fast path) or httpx", choices=("aiohttp", "httpx"))
-    max_connections_per_backend: int = _f(512, "int", "connection pool size per replica", min=1)
-    keepalive_timeout: float = _f(
-        4.0, "duration", "close idle pooled connections after this; keep below the replicas' own (5s in uvicorn)", gt=0
-    )
-    backend_header: bool = _f(True, "bool", "add x-haproxy-ai-backend: NAME to responses")
-    server_timing: bool = _f(True, "bool", "add Server-Timing: proxy;dur=..., upstream;dur=... to responses")
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutSettings:
-    connect: float = _f(5.0, "duration", "TCP connect to a replica", gt=0)
-    first_byte: float = _f(300.0, "duration", "request sent -> response headers (a first token can take long)", gt=0)
-    idle: float = _f(120.0, "duration", "longest gap between two response body chunks", gt=0)
-    total: float = _f(1800.0, "duration", "whole request including the streamed body (0 = no limit)", min=0)
-
-
-@dataclass(frozen=True, slots=True)
-class LimitSettings:
-    max_request_body: int = _f(10 * 1024 * 1024, "size", "larger request bodies get 413", min=0)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: ListenSettings = field(default_factory=ListenSettings)
-    admin: AdminSettings = field(default_factory=AdminSettings)
-    backends: tuple[BackendSettings, ...] = ()
-    balancer: BalancerSettings = field(default_factory=BalancerSettings)
-    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-
-
-_SECTIONS: dict[str, type[Any]] = {
-    "listen": ListenSettings,
-    "admin": AdminSettings,
-    "balancer": BalancerSettings,
-    "upstream": UpstreamSettings,
-    "timeouts": TimeoutSettings,
-    "limits": LimitSettings,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    path: str
-    message: str
-    where: str | None = None
-
-    def __str__(self) -> str:
-        prefix = f"{self.where}: " if self.where else ""
-        return f"{prefix}{self.path}: {self.message}" if self.path else f"{prefix}{self.message}"
-
-
-class ConfigError(Exception):
-    """One or more config problems; ``str()`` lists one per line, each naming its key path."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = tuple(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
-
-
-# ---------------------------------------------------------------------------------------------
-# Scalars
-
-_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)")
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
-}  # fmt: skip
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
-
-
-def parse_duration(value: Any) -> float:
-    """``250ms``, ``2s``, ``1m30s``, ``1.5h`` or a bare number of seconds -> float seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 250ms or 2s, got a boolean")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        else:
-            pos, seconds = 0, 0.0
-            for m in _DURATION_PART.finditer(text):
-                if m.start() != pos:
-                    break
-                seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-                pos = m.end()
-            if pos != len(text) or not text:
-                raise ValueError(f"{value!r} is not a duration (use e.g. 250ms, 2s, 1m30s)")
-    else:
-        raise ValueError(f"expected a duration like 250ms or 2s, got {type(value).__name__}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a non-negative duration")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """``10MiB``, ``512k``, ``1GB`` or a bare number of bytes -> int bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 10MiB, got a boolean")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str):
-        m = _SIZE.fullmatch(value.strip().lower())
-        if not m or m.group(2) not in _SIZE_UNITS:
-            raise ValueError(f"{value!r} is not a size (use e.g. 512KiB, 10MiB, 1GB)")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    else:
-        raise ValueError(f"expected a size like 10MiB, got {type(value).__name__}")
-    if size < 0:
-        raise ValueError(f"{value!r} is negative")
-    return size
-
-
-def format_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return f"{ms:g}ms"
-    if seconds >= 60 and seconds % 60 == 0:
-        minutes = int(seconds // 60)
-        return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
-    return f"{seconds:g}s"
-
-
-def format_size(size: int) -> str:
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _parse_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-        return int(value)
-    raise ValueError(f"expected an integer, got {value!r}")
-
-
-def _parse_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    else:
-        raise ValueError(f"expected a number, got {type(value).__name__}")
-    if not math.isfinite(result):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return result
-
-
-def _parse_str(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"expected a string, got {type(value).__name__}")
-
-
-def _parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
-    if kind == "duration":
-        result: Any = parse_duration(value)
-    elif kind == "size":
-        result = parse_size(value)
-    elif kind == "bool":
-        result = _parse_bool(value)
-    elif kind == "int":
-        result = _parse_int(value)
-    elif kind == "float":
-        result = _parse_float(value)
-    elif kind == "choice":
-        result = _parse_str(value)
-        if result not in meta["choices"]:
-            raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {result!r}")
-    else:
-        result = _parse_str(value)
-    if "gt" in meta and not result > meta["gt"]:
-        raise ValueError(f"must be > {meta['gt']}")
-    if "min" in meta and result < meta["min"]:
-        raise ValueError(f"must be >= {meta['min']}")
-    if "max" in meta and result > meta["max"]:
-        raise ValueError(f"must be <= {meta['max']}")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Tree parsing
 
 
 class _Parser:
@@ -334,7 +63,7 @@ class _Parser:
                 self.error(sub, "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
                 continue
             try:
-                values[f.name] = _parse_scalar(f.metadata["kind"], f.metadata, raw)
+                values[f.name] = parse_scalar(f.metadata["kind"], f.metadata, raw)
             except ValueError as exc:
                 self.error(sub, str(exc))
         return cls(**values)
@@ -397,8 +126,6 @@ def _check_url(url: str) -> str | None:
 
 
 def _closest(key: str, known: Mapping[str, Any]) -> str | None:
-    import difflib
-
     matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
@@ -427,10 +154,10 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
     for key, value in data.items():
         if key == "backends":
             sections["backends"] = parser.backends(value, "backends")
-        elif key in _SECTIONS:
-            sections[key] = parser.section(_SECTIONS[key], value, key)
+        elif key in SECTIONS:
+            sections[key] = parser.section(SECTIONS[key], value, key)
         else:
-            hint = _closest(str(key), {**_SECTIONS, "backends": None})
+            hint = _closest(str(key), {**SECTIONS, "backends": None})
             parser.error(str(key), "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
     settings = Settings(**sections)
     has_backend_errors = any(i.path.startswith("backends") for i in parser.issues)

@@ -1,0 +1,154 @@
+"""Scalar values: durations, sizes, booleans and numbers, parsed and bounds-checked."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_scalar", "parse_size"]
+
+_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}  # fmt: skip
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def parse_duration(value: Any) -> float:
+    """``250ms``, ``2s``, ``1m30s``, ``1.5h`` or a bare number of seconds -> float seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 250ms or 2s, got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            pos, seconds = 0, 0.0
+            for m in _DURATION_PART.finditer(text):
+                if m.start() != pos:
+                    break
+                seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+                pos = m.end()
+            if pos != len(text) or not text:
+                raise ValueError(f"{value!r} is not a duration (use e.g. 250ms, 2s, 1m30s)")
+    else:
+        raise ValueError(f"expected a duration like 250ms or 2s, got {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a non-negative duration")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """``10MiB``, ``512k``, ``1GB`` or a bare number of bytes -> int bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 10MiB, got a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = _SIZE.fullmatch(value.strip().lower())
+        if not m or m.group(2) not in _SIZE_UNITS:
+            raise ValueError(f"{value!r} is not a size (use e.g. 512KiB, 10MiB, 1GB)")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    else:
+        raise ValueError(f"expected a size like 10MiB, got {type(value).__name__}")
+    if size < 0:
+        raise ValueError(f"{value!r} is negative")
+    return size
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, int | float):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    else:
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(result):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return result
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"expected a string, got {type(value).__name__}")
+
+
+def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
+    if kind == "duration":
+        result: Any = parse_duration(value)
+    elif kind == "size":
+        result = parse_size(value)
+    elif kind == "bool":
+        result = _parse_bool(value)
+    elif kind == "int":
+        result = _parse_int(value)
+    elif kind == "float":
+        result = _parse_float(value)
+    elif kind == "choice":
+        result = _parse_str(value)
+        if result not in meta["choices"]:
+            raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {result!r}")
+    else:
+        result = _parse_str(value)
+    if "gt" in meta and not result > meta["gt"]:
+        raise ValueError(f"must be > {meta['gt']}")
+    if "min" in meta and result < meta["min"]:
+        raise ValueError(f"must be >= {meta['min']}")
+    if "max" in meta and result > meta["max"]:
+        raise ValueError(f"must be <= {meta['max']}")
+    return result
