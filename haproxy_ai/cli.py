@@ -45,15 +45,16 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="haproxy-ai", description="High-availability streaming reverse proxy for AI inference replicas."
     )
     parser.add_argument("--version", action="version", version=f"haproxy-ai {__version__}")
-    parser.add_argument(
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
         "--log-level",
         default=os.environ.get("HAPROXY_AI_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
         help="log level (env HAPROXY_AI_LOG_LEVEL)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy")
+    serve = sub.add_parser("serve", help="run the proxy", parents=[logs])
     _serve_flags(serve)
 
     check = sub.add_parser("check-config", help="validate a config file and print the effective config")
@@ -64,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fake = sub.add_parser("fake-backend", help="run a simulated OpenAI-compatible replica")
     fake_backend.add_arguments(fake)
 
-    demo = sub.add_parser("demo", help="three simulated replicas behind the proxy, in one process")
+    demo = sub.add_parser("demo", help="three simulated replicas behind the proxy, in one process", parents=[logs])
     demo.add_argument("--host", default="127.0.0.1", help="data listener address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="data port (default 8080; 0 = any free port)")
     demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901; 0 = any free port)")

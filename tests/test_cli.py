@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -29,45 +29,55 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+class _Process:
+    """A child process whose merged output is read by a thread into a queue, so tests can wait
+    for a line with a deadline (select() on a buffered text pipe would miss buffered lines)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send_signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+
 @contextmanager
-def _spawn(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "haproxy_ai", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env or _env(),
-    )
+def _spawn(*args: str, env: dict[str, str] | None = None) -> Iterator[_Process]:
+    proc = _Process([sys.executable, "-m", "haproxy_ai", *args], env or _env())
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(10)
 
 
-def _expect(proc: subprocess.Popen[str], pattern: str, timeout: float = 15.0) -> re.Match[str]:
-    """Read the process's output line by line until ``pattern`` matches (or fail at the deadline)."""
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
+def _expect(proc: _Process, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+    """Wait for an output line matching ``pattern`` (fail at the deadline or at EOF)."""
     deadline = time.monotonic() + timeout
-    seen = []
-    try:
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(deadline - time.monotonic(), 0)):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-    finally:
-        selector.close()
+    seen: list[str] = []
+    while True:
+        try:
+            line = proc.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
     raise AssertionError(f"{pattern!r} not printed; output was:\n{''.join(seen)}")
 
 
@@ -87,7 +97,10 @@ def test_demo_runs_three_replicas_behind_the_proxy() -> None:
             # answer among a few, and require every failure to be a proper OpenAI error.
             statuses = []
             for _ in range(10):
-                r = c.post("/v1/chat/completions", json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
+                r = c.post(
+                    "/v1/chat/completions",
+                    json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
+                )
                 statuses.append(r.status_code)
                 if r.status_code == 200:
                     assert r.json()["choices"][0]["message"]["content"]
@@ -182,8 +195,18 @@ def test_serve_reports_a_taken_port() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "haproxy_ai", "serve", "--backend", "http://127.0.0.1:1", "--port", str(port),
-             "--admin-port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "haproxy_ai",
+                "serve",
+                "--backend",
+                "http://127.0.0.1:1",
+                "--port",
+                str(port),
+                "--admin-port",
+                "0",
+            ],
             capture_output=True,
             text=True,
             env=_env(),

@@ -379,3 +379,44 @@ def test_metrics_and_admin_endpoints(stack: Stack, upstream_client: str) -> None
         assert admin.get("/healthz").status_code == 200
         assert admin.get("/readyz").status_code == 200
         assert admin.get("/admin/config").json()["backends"][0]["name"] == "only"
+
+
+def test_compressed_bodies_pass_through_raw(stack: Stack, upstream_client: str) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"text": "' + b"token " * 200 + b'"}')
+    raw = RawBackend(
+        stack.loop,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    ).start()
+    try:
+        proxy = _proxy(stack, upstream_client, [raw])
+        with client(proxy.url) as c, c.stream("GET", "/x", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.headers["content-encoding"] == "gzip"
+            assert r.headers["content-length"] == str(len(body))
+            assert b"".join(r.iter_raw()) == body  # the exact compressed bytes, never decoded
+        assert b"accept-encoding: gzip" in raw.requests[0].lower()
+    finally:
+        raw.close()
+
+
+def test_head_and_bodyless_responses(stack: Stack, upstream_client: str) -> None:
+    backend = stack.backend()
+    proxy = _proxy(stack, upstream_client, [backend])
+    with client(proxy.url) as c:
+        r = c.head("/_echo")
+        assert r.status_code == 200 and r.content == b""
+        assert int(r.headers["content-length"]) > 0
+        assert c.get("/v1/models").status_code == 200  # the connection is still usable
+
+
+def test_malformed_http_is_400_from_the_server_layer(stack: Stack, upstream_client: str) -> None:
+    backend = stack.backend()
+    proxy = _proxy(stack, upstream_client, [backend])
+    port = int(proxy.url.rsplit(":", 1)[1])
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"\x16\x03\x01\x02\x00\x01"):
+        raw = raw_request(port, garbage)
+        assert raw.startswith(b"HTTP/1.1 400"), raw
+    assert _stats(backend)["requests"] == 0
+    assert httpx.get(proxy.url + "/v1/models", trust_env=False).status_code == 200
