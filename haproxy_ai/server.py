@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -80,7 +81,7 @@ class ProxyServer:
             access_log=False,
             server_header=False,
             date_header=False,  # the backend's own Date is passed through
-            timeout_graceful_shutdown=int(listen.drain_timeout) or None,
+            timeout_graceful_shutdown=math.ceil(listen.shutdown_grace),
             lifespan="on",
             # The peer address must be the real one: uvicorn would otherwise rewrite it from a
             # client-supplied X-Forwarded-For, letting any client spoof what we append.
@@ -110,7 +111,7 @@ class ProxyServer:
         return self._data.started and (self._admin is None or self._admin.started)
 
     def request_shutdown(self) -> None:
-        """Stop accepting, let open requests finish (up to listen.drain_timeout), then exit."""
+        """Stop accepting, let open requests finish (up to listen.shutdown_grace), then exit."""
         if not self.proxy.draining:
             log.info("draining: no new connections; waiting for open requests to finish")
         self.proxy.draining = True

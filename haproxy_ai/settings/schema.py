@@ -30,7 +30,7 @@ class ListenSettings:
     host: str = _f("127.0.0.1", "str", "address of the data listener (0.0.0.0 for all interfaces)")
     port: int = _f(8080, "int", "data port (0 = pick a free one)", min=0, max=65535)
     backlog: int = _f(2048, "int", "listen(2) backlog", min=1)
-    drain_timeout: float = _f(30.0, "duration", "on SIGTERM, how long open requests may finish", min=0)
+    shutdown_grace: float = _f(30.0, "duration", "on SIGTERM, how long open requests may finish", min=0)
     access_log: bool = _f(False, "bool", "log one line per request")
 
 
