@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import re
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .backends import Backend, BackendStats, Registry
 from .clock import Clock, SystemClock
 from .context import RequestContext
-from .errors import BodyTooLarge, InvalidRequest, NoBackendAvailable, ProxyError, error_body
+from .errors import BodyTooLarge, InvalidRequest, NoBackendAvailable, ProxyError, TotalTimeout, error_body
 from .metrics import Metrics
 from .pipeline import build_pipeline
 from .settings import Settings
@@ -64,6 +64,7 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-haproxy-ai-backend", b"x-request-id"}
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to disconnect
 
 
 class _ClientGone(Exception):
@@ -71,12 +72,43 @@ class _ClientGone(Exception):
 
 
 class _State:
-    """Mutable per-request flags shared with the disconnect watcher."""
+    """Per-request flags shared between the request task and its two timers: the deadline and
+    the (lazily started) disconnect watcher."""
 
-    __slots__ = ("complete",)
+    __slots__ = ("_ctx", "_receive", "_task", "_watcher", "complete", "started", "status", "timed_out")
 
-    def __init__(self) -> None:
-        self.complete = False
+    def __init__(self, task: asyncio.Task[Any], ctx: RequestContext, receive: Receive) -> None:
+        self._task = task
+        self._ctx = ctx
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        self.complete = False  # the final body message is being sent
+        self.started = False  # response headers went to the client
+        self.status = 0
+        self.timed_out = False
+
+    def start_watcher(self) -> None:
+        if not self.complete:
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    def stop_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                if not self.complete and not self.timed_out:
+                    self._ctx.client_gone = True
+                    self._task.cancel()
+                return
+
+    def deadline_hit(self) -> None:
+        if not self.complete and not self._ctx.client_gone:
+            self.timed_out = True
+            self._ctx.deadline_hit = True
+            self._task.cancel()
 
 
 class Proxy:
@@ -184,7 +216,7 @@ class Proxy:
         rid = (
             request_id.decode("latin-1")
             if request_id is not None and _REQUEST_ID.fullmatch(request_id)
-            else uuid.uuid4().hex
+            else os.urandom(16).hex()
         )
 
         if method == "CONNECT":
@@ -222,22 +254,47 @@ class Proxy:
         request = ProxyRequest(method, target, headers, body)
         ctx = RequestContext(rid, received, received + self._total, peer)
 
-        # Watch for the client going away while we wait on or stream from the backend, so the
-        # upstream request is cancelled at once and the replica stops generating.
         task = asyncio.current_task()
         assert task is not None
-        state = _State()
-        watcher = asyncio.create_task(_watch_disconnect(receive, task, ctx, state))
+        state = _State(task, ctx, receive)
+        loop = asyncio.get_running_loop()
+        # Watch for the client going away while we wait on or stream from the backend, so the
+        # upstream request is cancelled and the replica stops generating. The watcher task
+        # starts after a short grace: most fast requests finish first and never pay for it,
+        # and a client that left meanwhile is still seen the moment the watcher starts.
+        watch_handle = loop.call_later(_WATCH_AFTER, state.start_watcher)
+        deadline_handle = (
+            loop.call_later(max(ctx.deadline - clock.monotonic(), 0.0), state.deadline_hit)
+            if self._total != math.inf
+            else None
+        )
         try:
             await self._proxy(request, ctx, send, state)
         except asyncio.CancelledError:
-            if not ctx.client_gone or task.uncancel() > 0:
+            if not (ctx.client_gone or state.timed_out) or task.uncancel() > 0:
                 raise
+            if state.timed_out and not ctx.client_gone:
+                await self._deadline_exceeded(send, ctx, state)
         finally:
-            watcher.cancel()
+            watch_handle.cancel()
+            if deadline_handle is not None:
+                deadline_handle.cancel()
+            state.stop_watcher()
         if ctx.client_gone:
             self.metrics.client_disconnects.inc()
             self.metrics.response(499, clock.monotonic() - received)
+
+    async def _deadline_exceeded(self, send: Send, ctx: RequestContext, state: _State) -> None:
+        if not state.started:
+            error = TotalTimeout(f"request exceeded its {self._total:g}s deadline")
+            await self._error(send, error, ctx.request_id, ctx.received, ctx=ctx)
+        else:
+            # Committed: end the stream abnormally (no final chunk) rather than look complete.
+            log.warning(
+                "request %s: deadline of %gs exceeded mid-response; response truncated", ctx.request_id, self._total
+            )
+            self.metrics.truncated.inc()
+            self.metrics.response(state.status, self.clock.monotonic() - ctx.received)
 
     async def _read_body(self, receive: Receive, declared_length: bytes | None) -> bytes:
         limit = self._max_body
@@ -287,10 +344,21 @@ class Proxy:
                         b"proxy;dur=%.3f, upstream;dur=%.3f" % (overhead * 1000, ctx.upstream_wait * 1000),
                     )
                 )
+            state.status = status
+            state.started = True
             await send({"type": "http.response.start", "status": status, "headers": out})
             self.metrics.overhead.observe(overhead)
+            # With a declared length, the chunk that completes the body is sent as the final
+            # message (one send instead of two on the common small-response path).
+            remaining = _content_length(response.headers)
             try:
                 async for chunk in response.chunks():
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        if remaining <= 0:
+                            state.complete = True
+                            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                            continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except ProxyError as exc:
                 # Committed: bytes reached the client, so never replay. Close the connection
@@ -300,8 +368,9 @@ class Proxy:
                 self.metrics.truncated.inc()
                 self.metrics.response(status, clock.monotonic() - ctx.received)
                 return
-            state.complete = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not state.complete:
+                state.complete = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
         self.metrics.response(status, clock.monotonic() - ctx.received)
@@ -368,14 +437,11 @@ def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return out
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], ctx: RequestContext, state: _State) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if not state.complete:
-                ctx.client_gone = True
-                task.cancel()
-            return
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def build_proxy(settings: Settings, **kwargs: Any) -> Proxy:

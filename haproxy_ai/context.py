@@ -35,6 +35,8 @@ class RequestContext:
     upstream_wait: float = 0.0
     # Set when the client disconnected before the response was complete.
     client_gone: bool = False
+    # Set when the request's total deadline fired (the request task is being cancelled).
+    deadline_hit: bool = False
 
     @property
     def tried(self) -> list[Backend]:

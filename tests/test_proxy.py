@@ -231,6 +231,23 @@ def test_total_timeout_is_504(stack: Stack, upstream_client: str) -> None:
     assert r.json()["error"]["code"] == "request_timeout"
 
 
+def test_total_deadline_mid_stream_truncates_and_cancels(stack: Stack, upstream_client: str) -> None:
+    backend = stack.backend(tokens=100, chunk_interval=0.05)
+    proxy = _proxy(stack, upstream_client, [backend], timeouts={"total": "400ms"})
+    payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    received: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:  # noqa: PT012
+        with c.stream("POST", "/v1/chat/completions", json=payload) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                received.append(line)
+    events = [line for line in received if line.startswith("data: ")]
+    assert 0 < len(events) < 100 and "data: [DONE]" not in received
+    wait_for(lambda: _stats(backend)["cancelled"] == 1)
+    metrics = httpx.get(proxy.admin_url + "/metrics", trust_env=False).text
+    assert 'outcome="total_timeout"' in metrics
+
+
 def test_idle_timeout_mid_stream_truncates_never_completes(stack: Stack, upstream_client: str) -> None:
     backend = stack.backend(tokens=5, chunk_interval=2.0)
     proxy = _proxy(stack, upstream_client, [backend], timeouts={"idle": "200ms"})
@@ -296,7 +313,7 @@ def test_p2c_follows_weights_when_load_is_equal(stack: Stack, upstream_client: s
             {"url": backends[0].url, "name": "light", "weight": 1},
             {"url": backends[1].url, "name": "heavy", "weight": 3},
         ],
-        balancer={"type": "p2c", "cost_tolerance": 10},  # equal load: only the weighted draw decides
+        balancer={"type": "p2c", "cost_tolerance": 1e6},  # latency noise must not decide: only the weighted draw
     )
     counts = {"light": 0, "heavy": 0}
     with client(proxy.url) as c:

@@ -27,8 +27,7 @@ class Attempt:
         self._upstream = upstream
         self._clock = clock
         self._metrics = metrics
-        self._first_byte = first_byte
-        self._idle = idle
+        self._timeouts = AttemptTimeouts(first_byte, idle)
 
     async def __call__(self, request: ProxyRequest, ctx: RequestContext, backend: Backend) -> UpstreamResponse:
         clock = self._clock
@@ -37,7 +36,7 @@ class Attempt:
         ctx.attempts.append(record)
         stats = backend.stats
         stats.start()
-        timeouts = AttemptTimeouts(self._first_byte, self._idle, ctx.deadline)
+        timeouts = self._timeouts
         try:
             response = await self._upstream.send(backend, request, timeouts)
         except BaseException as exc:
@@ -45,7 +44,7 @@ class Attempt:
             now = clock.monotonic()
             ctx.upstream_wait += now - started
             record.ended = now
-            record.outcome = classify_error(exc) if isinstance(exc, ProxyError) else Outcome.CLIENT_GONE
+            record.outcome = classify_error(exc) if isinstance(exc, ProxyError) else _cancelled(ctx)
             self._metrics.attempt(backend, record.outcome, None)
             raise
         now = clock.monotonic()
@@ -94,9 +93,14 @@ class _TrackedResponse:
             record.ended = self._clock.monotonic()
             if self._error is not None:
                 record.outcome = classify_error(self._error)
-            elif self._ctx.client_gone:
-                record.outcome = Outcome.CLIENT_GONE
+            elif self._ctx.client_gone or self._ctx.deadline_hit:
+                record.outcome = _cancelled(self._ctx)
             else:
                 record.outcome = classify_status(self.status)
             assert record.headers_at is not None
             self._metrics.attempt(record.backend, record.outcome, record.headers_at - record.started)
+
+
+def _cancelled(ctx: RequestContext) -> Outcome:
+    """Why an attempt was cut short from above: the request deadline, else the client left."""
+    return Outcome.TOTAL_TIMEOUT if ctx.deadline_hit else Outcome.CLIENT_GONE

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..backends import Backend
-from ..clock import Clock
-from ..errors import FirstByteTimeout, IdleTimeout, ProxyError, TotalTimeout
+from ..errors import FirstByteTimeout, IdleTimeout
 from ..types import ProxyRequest, UpstreamResponse
 
 __all__ = ["AttemptTimeouts", "Upstream"]
@@ -14,30 +12,18 @@ __all__ = ["AttemptTimeouts", "Upstream"]
 
 @dataclass(frozen=True, slots=True)
 class AttemptTimeouts:
-    """Bounds for one attempt. ``deadline`` is the request's absolute monotonic deadline: every
-    wait is capped by what is left of it, and a wait cut short by it raises TotalTimeout."""
+    """Bounds for one attempt. The request's total deadline is enforced above the upstream
+    (one timer per request in the app), so these are only the per-attempt waits."""
 
-    first_byte: float
-    idle: float
-    deadline: float = math.inf
+    first_byte: float  # request sent -> response headers
+    idle: float  # longest gap between two body chunks
 
-    def budget(self, limit: float, clock: Clock) -> tuple[float, bool]:
-        """(seconds to wait, whether the request deadline rather than ``limit`` binds)."""
-        left = self.deadline - clock.monotonic()
-        if left < limit:
-            return max(left, 0.0), True
-        return limit, False
-
-    def first_byte_error(self, by_deadline: bool, backend: Backend) -> ProxyError:
-        if by_deadline:
-            return TotalTimeout("request deadline exceeded waiting for response headers", backend=backend.name)
+    def first_byte_error(self, backend: Backend) -> FirstByteTimeout:
         return FirstByteTimeout(
             f"backend {backend.name} sent no response headers within {self.first_byte:g}s", backend=backend.name
         )
 
-    def idle_error(self, by_deadline: bool, backend: Backend) -> ProxyError:
-        if by_deadline:
-            return TotalTimeout("request deadline exceeded while streaming the response", backend=backend.name)
+    def idle_error(self, backend: Backend) -> IdleTimeout:
         return IdleTimeout(f"backend {backend.name} sent nothing for {self.idle:g}s mid-response", backend=backend.name)
 
 
@@ -49,8 +35,8 @@ class Upstream(Protocol):
     async def send(self, backend: Backend, request: ProxyRequest, timeouts: AttemptTimeouts) -> UpstreamResponse:
         """Send ``request`` to ``backend`` and return once response headers arrived.
 
-        Raises ConnectFailed, ConnectTimeout, FirstByteTimeout, TotalTimeout or UpstreamReset;
-        never a client-library exception.
+        Raises ConnectFailed, ConnectTimeout, FirstByteTimeout or UpstreamReset; never a
+        client-library exception. Cancellation propagates (and closes the connection).
         """
         ...
 

@@ -53,12 +53,11 @@ class HttpxUpstream:
             content=request.body if request.body else None,
         )
         _set_raw_target(req, backend.base_path + request.target)
-        wait, by_deadline = timeouts.budget(timeouts.first_byte, self._clock)
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(timeouts.first_byte):
                 resp = await client.send(req, stream=True)
         except TimeoutError as exc:
-            raise timeouts.first_byte_error(by_deadline, backend) from exc
+            raise timeouts.first_byte_error(backend) from exc
         except httpx.ConnectTimeout as exc:
             raise ConnectTimeout(f"connecting to backend {backend.name} timed out", backend=backend.name) from exc
         except httpx.ConnectError as exc:
@@ -67,7 +66,7 @@ class HttpxUpstream:
             raise UpstreamReset(
                 f"backend {backend.name}: connection closed or invalid response before headers", backend=backend.name
             ) from exc
-        return _Response(resp, backend, timeouts, clock=self._clock)
+        return _Response(resp, backend, timeouts)
 
 
 def _set_raw_target(req: httpx.Request, target: str) -> None:
@@ -87,13 +86,12 @@ def _set_raw_target(req: httpx.Request, target: str) -> None:
 
 
 class _Response:
-    __slots__ = ("_backend", "_clock", "_resp", "_timeouts", "headers", "status")
+    __slots__ = ("_backend", "_resp", "_timeouts", "headers", "status")
 
-    def __init__(self, resp: httpx.Response, backend: Backend, timeouts: AttemptTimeouts, clock: Clock) -> None:
+    def __init__(self, resp: httpx.Response, backend: Backend, timeouts: AttemptTimeouts) -> None:
         self._resp = resp
         self._backend = backend
         self._timeouts = timeouts
-        self._clock = clock
         self.status = resp.status_code
         self.headers = list(resp.headers.raw)
 
@@ -101,14 +99,13 @@ class _Response:
         raw = self._resp.aiter_raw()
         timeouts = self._timeouts
         while True:
-            wait, by_deadline = timeouts.budget(timeouts.idle, self._clock)
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(timeouts.idle):
                     chunk = await anext(raw)
             except StopAsyncIteration:
                 return
             except TimeoutError as exc:
-                raise timeouts.idle_error(by_deadline, self._backend) from exc
+                raise timeouts.idle_error(self._backend) from exc
             except httpx.HTTPError as exc:
                 raise UpstreamReset(
                     f"backend {self._backend.name}: connection closed or reset mid-response",
