@@ -236,7 +236,7 @@ def test_total_deadline_mid_stream_truncates_and_cancels(stack: Stack, upstream_
     proxy = _proxy(stack, upstream_client, [backend], timeouts={"total": "400ms"})
     payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:  # noqa: PT012
+    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
         with c.stream("POST", "/v1/chat/completions", json=payload) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
