@@ -30,7 +30,7 @@ Try it:
   curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "fake-model", "stream": true, "messages": [{{"role": "user", "content": "hi"}}]}}'
 
-  python - <<'PY'
+  pip install openai && python - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="unused")
 for chunk in client.chat.completions.create(model="fake-model", stream=True,
