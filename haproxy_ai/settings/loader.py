@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError, ConfigIssue
 from .schema import SECTIONS, BackendSettings, Settings
-from .values import format_duration, format_size, parse_scalar
+from .values import format_duration, format_size, format_statuses, parse_scalar
 
 __all__ = [
     "ENV_PREFIX",
@@ -62,11 +62,26 @@ class _Parser:
                 hint = _closest(str(key), known)
                 self.error(sub, "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
                 continue
-            try:
-                values[f.name] = parse_scalar(f.metadata["kind"], f.metadata, raw)
-            except ValueError as exc:
-                self.error(sub, str(exc))
+            kind = f.metadata["kind"]
+            if kind == "section":
+                values[f.name] = self.section(f.metadata["cls"], raw, sub)
+            elif kind == "overrides":
+                values[f.name] = tuple(self.partial(f.metadata["cls"], raw, sub).items())
+            else:
+                try:
+                    values[f.name] = parse_scalar(kind, f.metadata, raw)
+                except ValueError as exc:
+                    self.error(sub, str(exc))
         return cls(**values)
+
+    def partial(self, cls: type[Any], data: Any, path: str) -> dict[str, Any]:
+        """Only the keys given, each parsed and checked as in ``cls`` (for per-item overrides)."""
+        if data is None:
+            return {}
+        section = self.section(cls, data, path)
+        if not isinstance(data, Mapping):
+            return {}
+        return {str(k): getattr(section, str(k)) for k in data if hasattr(section, str(k))}
 
     def backends(self, data: Any, path: str) -> tuple[BackendSettings, ...]:
         if data is None:
@@ -169,9 +184,27 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
         and (settings.admin.host == settings.listen.host or "0.0.0.0" in (settings.admin.host, settings.listen.host))
     ):
         parser.error("admin.port", f"must differ from listen.port ({settings.listen.port})")
+    admin = settings.admin
+    if admin.enabled and not admin.token and not _is_loopback(admin.host):
+        parser.error(
+            "admin.token",
+            f"required when the admin listener is not on loopback (admin.host is {admin.host!r}); "
+            "set it or HAPROXY_AI_ADMIN_TOKEN",
+        )
     if parser.issues:
         raise ConfigError(parser.issues)
     return settings
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +279,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "balancer": ("balancer", "type"),
     "upstream_client": ("upstream", "client"),
     "access_log": ("listen", "access_log"),
+    "admin_token": ("admin", "token"),  # env only: a flag would show in `ps`
 }
 
 ENV_PREFIX = "HAPROXY_AI_"
@@ -312,7 +346,7 @@ def parse_settings(data: Mapping[str, Any], *, require_backends: bool = True) ->
 
 
 def settings_to_dict(settings: Any) -> Any:
-    """The effective config as plain data, durations and sizes written back in units."""
+    """The effective config as plain data: durations and sizes in units, secrets redacted."""
     if isinstance(settings, tuple):
         return [settings_to_dict(item) for item in settings]
     if not dataclasses.is_dataclass(settings):
@@ -320,11 +354,22 @@ def settings_to_dict(settings: Any) -> Any:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        kind = f.metadata.get("kind")
-        if kind == "duration":
-            out[f.name] = format_duration(value)
-        elif kind == "size":
-            out[f.name] = format_size(value)
+        if f.metadata.get("kind") == "overrides":
+            if value:
+                fields = {g.name: g for g in dataclasses.fields(f.metadata["cls"])}
+                out[f.name] = {key: _format_value(fields[key].metadata.get("kind"), item) for key, item in value}
         else:
-            out[f.name] = settings_to_dict(value)
+            out[f.name] = _format_value(f.metadata.get("kind"), value)
     return out
+
+
+def _format_value(kind: str | None, value: Any) -> Any:
+    if kind == "duration":
+        return format_duration(value)
+    if kind == "size":
+        return format_size(value)
+    if kind == "statuses":
+        return format_statuses(value)
+    if kind == "secret":
+        return "<redacted>" if value else ""
+    return settings_to_dict(value)

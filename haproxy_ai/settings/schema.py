@@ -13,9 +13,12 @@ __all__ = [
     "AdminSettings",
     "BackendSettings",
     "BalancerSettings",
+    "HealthSettings",
     "LimitSettings",
     "ListenSettings",
+    "PassiveSettings",
     "Settings",
+    "StatusRanges",
     "TimeoutSettings",
     "UpstreamSettings",
 ]
@@ -23,6 +26,14 @@ __all__ = [
 
 def _f(default: Any, kind: str, doc: str, **bounds: Any) -> Any:
     return field(default=default, metadata={"kind": kind, "doc": doc, **bounds})
+
+
+def _section(cls: type[Any], doc: str) -> Any:
+    return field(default_factory=cls, metadata={"kind": "section", "cls": cls, "doc": doc})
+
+
+# Status ranges (inclusive); "2xx" parses to ((200, 299),).
+StatusRanges = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,55 @@ class AdminSettings:
     enabled: bool = _f(True, "bool", "serve /metrics, /healthz, /readyz and /admin/*")
     host: str = _f("127.0.0.1", "str", "admin address; keep it off public interfaces")
     port: int = _f(9901, "int", "admin port (0 = pick a free one)", min=0, max=65535)
+    token: str = _f("", "secret", "bearer token required by /admin/* (env HAPROXY_AI_ADMIN_TOKEN)")
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCheckSettings:
+    enabled: bool = _f(True, "bool", "probe each backend periodically")
+    method: str = _f("GET", "choice", "probe method", choices=("GET", "HEAD", "POST"))
+    path: str = _f("/health", "path", "probe path (ignored when `model` is set)")
+    expected_statuses: StatusRanges = _f(((200, 299),), "statuses", "statuses that pass, e.g. 2xx, 200-204, [200, 3xx]")
+    body_contains: str = _f("", "str", "the probe body must contain this text (empty = any body)")
+    model: str = _f("", "str", "probe GET /v1/models instead and require this model id to be listed")
+    interval: float = _f(2.0, "duration", "time between probes of a steady backend", gt=0)
+    fast_interval: float = _f(0.5, "duration", "time between probes while a backend is down or changing", gt=0)
+    timeout: float = _f(1.0, "duration", "a probe slower than this fails", gt=0)
+    rise: int = _f(2, "int", "consecutive passes to mark a backend up", min=1, max=100)
+    fall: int = _f(3, "int", "consecutive failures to mark a backend down", min=1, max=100)
+    jitter: float = _f(
+        0.1, "float", "random +- fraction of the interval (sidecars' probes must not align)", min=0, max=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveSettings:
+    enabled: bool = _f(True, "bool", "eject backends on failures seen in live traffic")
+    consecutive_failures: int = _f(5, "int", "eject after this many failures in a row (0 = off)", min=0)
+    failure_rate: float = _f(0.5, "float", "eject when the failure fraction in the window reaches this", gt=0, max=1)
+    failure_rate_window: float = _f(30.0, "duration", "sliding window for the failure rate", gt=0)
+    failure_rate_min_requests: int = _f(20, "int", "the rate counts only with at least this many requests", min=1)
+    base_ejection_time: float = _f(30.0, "duration", "first ejection length; the n-th lasts n times this", gt=0)
+    max_ejection_time: float = _f(300.0, "duration", "cap on one ejection's length", gt=0)
+    max_ejection_percent: float = _f(50.0, "float", "never eject more of the pool than this (min. one)", min=0, max=100)
+    throttle_is_failure: bool = _f(False, "bool", "count 429 as a failure (default: back-pressure, not failure)")
+    stall_timeout: float = _f(30.0, "duration", "a stream silent this long after headers counts as a failure", gt=0)
+    slow_first_byte_factor: float = _f(
+        10.0, "float", "a first byte this many times slower than the pool's norm is a failure (0 = off)", min=0
+    )
+    slow_first_byte_min: float = _f(5.0, "duration", "... and only when slower than this absolute floor", min=0)
+    max_cooldown: float = _f(60.0, "duration", "cap on a Retry-After cooldown", min=0)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    active: ActiveCheckSettings = _section(ActiveCheckSettings, "active HTTP probes")
+    passive: PassiveSettings = _section(PassiveSettings, "outlier detection from live traffic")
+    panic_threshold: float = _f(
+        0.5, "float", "below this routable fraction, balance over every enabled backend (0 = never)", min=0, max=1
+    )
+    slow_start: float = _f(30.0, "duration", "after recovery, weight ramps from 10% to full over this (0 = off)", min=0)
+    history_size: int = _f(100, "int", "state transitions kept per backend", min=1, max=100_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +106,9 @@ class BackendSettings:
     url: str = _f("", "str", "http(s)://host:port[/base-path] of the replica")
     name: str = _f("", "str", "unique name (default: host:port)")
     weight: int = _f(1, "int", "relative share of traffic", gt=0, max=1_000_000)
+    health_check: tuple[tuple[str, Any], ...] = _f(
+        (), "overrides", "per-backend overrides of health.active keys", cls=ActiveCheckSettings
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +153,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -99,4 +163,5 @@ SECTIONS: dict[str, type[Any]] = {
     "upstream": UpstreamSettings,
     "timeouts": TimeoutSettings,
     "limits": LimitSettings,
+    "health": HealthSettings,
 }

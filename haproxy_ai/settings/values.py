@@ -7,7 +7,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_scalar", "parse_size"]
+__all__ = [
+    "format_duration",
+    "format_size",
+    "format_statuses",
+    "parse_duration",
+    "parse_scalar",
+    "parse_size",
+    "parse_statuses",
+]
 
 _DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)")
@@ -128,6 +136,41 @@ def _parse_str(value: Any) -> str:
     raise ValueError(f"expected a string, got {type(value).__name__}")
 
 
+_STATUS_RANGE = re.compile(r"([1-5])xx|([1-5]\d\d)(?:-([1-5]\d\d))?")
+
+
+def parse_statuses(value: Any) -> tuple[tuple[int, int], ...]:
+    """``2xx``, ``200-204``, ``200`` or a list of those -> inclusive (low, high) ranges."""
+    items = value if isinstance(value, list | tuple) else [value]
+    if not items:
+        raise ValueError("needs at least one status, e.g. 2xx")
+    ranges: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(f"expected statuses like 2xx, 200-204 or 200, got {item!r}")
+        m = _STATUS_RANGE.fullmatch(str(item).strip().lower())
+        if not m:
+            raise ValueError(f"expected statuses like 2xx, 200-204 or 200, got {item!r}")
+        if m.group(1):
+            low = int(m.group(1)) * 100
+            ranges.append((low, low + 99))
+        else:
+            low = int(m.group(2))
+            high = int(m.group(3) or low)
+            if high < low:
+                raise ValueError(f"{item!r}: range end is below its start")
+            ranges.append((low, high))
+    return tuple(ranges)
+
+
+def format_statuses(ranges: tuple[tuple[int, int], ...]) -> str | list[str]:
+    parts = [
+        f"{low // 100}xx" if low % 100 == 0 and high == low + 99 else (str(low) if low == high else f"{low}-{high}")
+        for low, high in ranges
+    ]
+    return parts[0] if len(parts) == 1 else parts
+
+
 def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
     if kind == "duration":
         result: Any = parse_duration(value)
@@ -143,6 +186,12 @@ def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
         result = _parse_str(value)
         if result not in meta["choices"]:
             raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {result!r}")
+    elif kind == "statuses":
+        result = parse_statuses(value)
+    elif kind == "path":
+        result = _parse_str(value)
+        if not result.startswith("/") or any(c in result for c in " \r\n\t#"):
+            raise ValueError(f"must be an absolute path like /health, got {result!r}")
     else:
         result = _parse_str(value)
     if "gt" in meta and not result > meta["gt"]:
