@@ -16,7 +16,7 @@ def _backends(*weights: int) -> list[Backend]:
 def test_smooth_round_robin_interleaves_by_weight() -> None:
     a, b, c = _backends(5, 1, 1)
     rr = SmoothWeightedRoundRobin()
-    picks = [rr.pick([a, b, c], (), random.Random(0)) for _ in range(7)]
+    picks = [rr.pick([a, b, c], [5, 1, 1], (), random.Random(0)) for _ in range(7)]
     # nginx's smooth sequence for 5:1:1 — the heavy backend's turns are spread out.
     assert [p.name for p in picks if p] == ["b0", "b0", "b1", "b0", "b2", "b0", "b0"]
 
@@ -24,16 +24,16 @@ def test_smooth_round_robin_interleaves_by_weight() -> None:
 def test_round_robin_exclude_and_empty() -> None:
     a, b = _backends(1, 1)
     rr = SmoothWeightedRoundRobin()
-    assert all(rr.pick([a, b], [a], random.Random(0)) is b for _ in range(5))
-    assert rr.pick([a, b], [a, b], random.Random(0)) is None
-    assert rr.pick([], (), random.Random(0)) is None
+    assert all(rr.pick([a, b], [1, 1], [a], random.Random(0)) is b for _ in range(5))
+    assert rr.pick([a, b], [1, 1], [a, b], random.Random(0)) is None
+    assert rr.pick([], [], (), random.Random(0)) is None
 
 
 def test_p2c_equal_load_follows_weights() -> None:
     backends = _backends(1, 2, 5)
     p2c = PeakEwmaP2C()
     rng = random.Random(42)
-    counts = Counter(p2c.pick(backends, (), rng).name for _ in range(16000))  # type: ignore[union-attr]
+    counts = Counter(p2c.pick(backends, [b.weight for b in backends], (), rng).name for _ in range(16000))  # type: ignore[union-attr]
     for backend in backends:
         assert abs(counts[backend.name] / 16000 - backend.weight / 8) < 0.02, counts
 
@@ -43,21 +43,21 @@ def test_p2c_avoids_the_loaded_and_the_slow() -> None:
     busy.stats.inflight = 10
     p2c = PeakEwmaP2C()
     rng = random.Random(1)
-    assert all(p2c.pick([fast, busy], (), rng) is fast for _ in range(200))
+    assert all(p2c.pick([fast, busy], [1, 1], (), rng) is fast for _ in range(200))
 
     quick, slow = _backends(1, 1)
     quick.stats.observe(0.010, now=0.0)
     slow.stats.observe(0.500, now=0.0)
-    assert all(p2c.pick([quick, slow], (), rng) is quick for _ in range(200))
+    assert all(p2c.pick([quick, slow], [1, 1], (), rng) is quick for _ in range(200))
 
 
 def test_p2c_single_and_excluded() -> None:
     a, b = _backends(1, 1)
     p2c = PeakEwmaP2C()
     rng = random.Random(3)
-    assert p2c.pick([a], (), rng) is a
-    assert p2c.pick([a, b], [b], rng) is a
-    assert p2c.pick([a, b], [a, b], rng) is None
+    assert p2c.pick([a], [1], (), rng) is a
+    assert p2c.pick([a, b], [1, 1], [b], rng) is a
+    assert p2c.pick([a, b], [1, 1], [a, b], rng) is None
 
 
 def test_peak_ewma_rises_at_once_and_decays_gradually() -> None:

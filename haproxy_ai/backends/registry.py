@@ -1,8 +1,8 @@
-"""The single writer of backend state; readers take one immutable snapshot per attempt."""
+"""Immutable snapshots of the pool; readers take one per attempt, one writer replaces it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .backend import Backend
@@ -12,15 +12,22 @@ __all__ = ["BackendSnapshot", "Registry"]
 
 @dataclass(frozen=True, slots=True)
 class BackendSnapshot:
-    """Every configured backend, and the subset a balancer may route to right now."""
+    """Every known backend, and those a balancer may route to now with their effective weights.
+
+    ``weights[i]`` belongs to ``routable[i]``; it is the configured (or operator-set) weight,
+    reduced during slow start. ``panic`` is true when too few backends are healthy and the
+    routable set was widened to every enabled backend.
+    """
 
     version: int
     backends: tuple[Backend, ...]
     routable: tuple[Backend, ...]
+    weights: tuple[float, ...]
+    panic: bool = False
 
 
 class Registry:
-    """Holds the current snapshot. Only ``publish``/``set_routable`` replace it (one writer).
+    """Holds the current snapshot. Only the health supervisor calls ``publish`` (one writer).
 
     Readers call ``snapshot()`` and use the object they got for the whole attempt, so a
     concurrent change can never produce a torn read (pingora's ArcSwap of backends).
@@ -28,7 +35,7 @@ class Registry:
 
     def __init__(self, backends: Iterable[Backend]) -> None:
         items = tuple(backends)
-        self._snapshot = BackendSnapshot(1, items, items)
+        self._snapshot = BackendSnapshot(1, items, items, tuple(float(b.weight) for b in items))
 
     def snapshot(self) -> BackendSnapshot:
         return self._snapshot
@@ -39,9 +46,15 @@ class Registry:
                 return backend
         return None
 
-    def set_routable(self, names: Iterable[str]) -> BackendSnapshot:
-        wanted = set(names)
+    def publish(
+        self,
+        backends: Sequence[Backend],
+        routable: Sequence[Backend],
+        weights: Sequence[float],
+        *,
+        panic: bool = False,
+    ) -> BackendSnapshot:
         current = self._snapshot
-        routable = tuple(b for b in current.backends if b.name in wanted)
-        self._snapshot = BackendSnapshot(current.version + 1, current.backends, routable)
-        return self._snapshot
+        snapshot = BackendSnapshot(current.version + 1, tuple(backends), tuple(routable), tuple(weights), panic)
+        self._snapshot = snapshot
+        return snapshot

@@ -10,9 +10,16 @@ __all__ = ["Balancer"]
 
 
 class Balancer(Protocol):
-    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
-        """Choose one of ``candidates`` not in ``exclude``; None when none is left.
+    def pick(
+        self,
+        candidates: Sequence[Backend],
+        weights: Sequence[float],
+        exclude: Collection[Backend],
+        rng: random.Random,
+    ) -> Backend | None:
+        """Choose one of ``candidates`` (``weights[i]`` is the effective weight of
+        ``candidates[i]``) not in ``exclude``; None when none is left.
 
-        Synchronous and free of I/O: it reads only the backends' weights and load stats.
+        Synchronous and free of I/O: it reads only weights and the backends' load stats.
         """
         ...

@@ -24,15 +24,25 @@ class PeakEwmaP2C:
     def __init__(self, *, cost_tolerance: float = 0.2) -> None:
         self._keep_first = 1.0 + cost_tolerance
 
-    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
-        pool = [b for b in candidates if b not in exclude] if exclude else candidates
-        n = len(pool)
+    def pick(
+        self,
+        candidates: Sequence[Backend],
+        weights: Sequence[float],
+        exclude: Collection[Backend],
+        rng: random.Random,
+    ) -> Backend | None:
+        if exclude:
+            pairs = [(b, w) for b, w in zip(candidates, weights, strict=True) if b not in exclude]
+            candidates = [b for b, _ in pairs]
+            weights = [w for _, w in pairs]
+        n = len(candidates)
         if n == 0:
             return None
         if n == 1:
-            return pool[0]
-        first = _weighted_draw(pool, rng, None)
-        second = _weighted_draw(pool, rng, first)
+            return candidates[0]
+        i = _weighted_draw(weights, rng, -1)
+        j = _weighted_draw(weights, rng, i)
+        first, second = candidates[i], candidates[j]
         a, b = first.stats, second.stats
         ewma_a = a.ewma if a.ewma is not None else b.ewma
         ewma_b = b.ewma if b.ewma is not None else a.ewma
@@ -42,19 +52,18 @@ class PeakEwmaP2C:
         return first if cost_a <= cost_b * self._keep_first else second
 
 
-def _weighted_draw(pool: Sequence[Backend], rng: random.Random, skip: Backend | None) -> Backend:
-    total = 0
-    for backend in pool:
-        if backend is not skip:
-            total += backend.weight
+def _weighted_draw(weights: Sequence[float], rng: random.Random, skip: int) -> int:
+    total = 0.0
+    for i, weight in enumerate(weights):
+        if i != skip:
+            total += weight
     point = rng.random() * total
-    chosen = None
-    for backend in pool:
-        if backend is skip:
+    chosen = -1
+    for i, weight in enumerate(weights):
+        if i == skip:
             continue
-        chosen = backend
-        point -= backend.weight
+        chosen = i
+        point -= weight
         if point < 0:
-            return backend
-    assert chosen is not None
+            return i
     return chosen

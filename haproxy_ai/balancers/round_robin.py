@@ -17,19 +17,25 @@ class SmoothWeightedRoundRobin:
     chosen exactly ``weight`` times, and a heavy backend's turns are spread out, not bunched."""
 
     def __init__(self) -> None:
-        self._current: WeakKeyDictionary[Backend, int] = WeakKeyDictionary()
+        self._current: WeakKeyDictionary[Backend, float] = WeakKeyDictionary()
 
-    def pick(self, candidates: Sequence[Backend], exclude: Collection[Backend], rng: random.Random) -> Backend | None:
+    def pick(
+        self,
+        candidates: Sequence[Backend],
+        weights: Sequence[float],
+        exclude: Collection[Backend],
+        rng: random.Random,
+    ) -> Backend | None:
         best: Backend | None = None
-        best_score = 0
-        total = 0
+        best_score = 0.0
+        total = 0.0
         current = self._current
-        for backend in candidates:
+        for backend, weight in zip(candidates, weights, strict=True):
             if exclude and backend in exclude:
                 continue
-            score = current.get(backend, 0) + backend.weight
+            score = current.get(backend, 0.0) + weight
             current[backend] = score
-            total += backend.weight
+            total += weight
             if best is None or score > best_score:
                 best, best_score = backend, score
         if best is not None:

@@ -27,11 +27,11 @@ class Balance:
 
     async def __call__(self, request: ProxyRequest, ctx: RequestContext) -> UpstreamResponse:
         snapshot = self._registry.snapshot()
-        candidates = snapshot.routable
+        candidates, weights = snapshot.routable, snapshot.weights
         tried = ctx.tried if ctx.attempts else ()
-        backend = self._balancer.pick(candidates, tried, self._rng)
+        backend = self._balancer.pick(candidates, weights, tried, self._rng)
         if backend is None and tried:
-            backend = self._balancer.pick(candidates, (), self._rng)
+            backend = self._balancer.pick(candidates, weights, (), self._rng)
         if backend is None:
             raise NoBackendAvailable(f"no routable backend ({len(snapshot.backends)} configured, none available)")
         return await self._next(request, ctx, backend)
