@@ -8,6 +8,7 @@ upstream client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from .backends import Backend, BackendStats, Registry
 from .clock import Clock, SystemClock
 from .context import RequestContext
 from .errors import BodyTooLarge, InvalidRequest, NoBackendAvailable, ProxyError, TotalTimeout, error_body
+from .health import HealthSupervisor
 from .metrics import Metrics
 from .pipeline import build_pipeline
 from .settings import Settings
@@ -121,13 +123,24 @@ class Proxy:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         upstream: Upstream | None = None,
+        reloader: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        self.reloader = reloader
         self.clock = clock or SystemClock()
+        rng = rng or random.Random()
         self.registry = Registry(
             Backend(b.name, b.url, b.weight, BackendStats(settings.balancer.ewma_decay)) for b in settings.backends
         )
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics()
+        self.health = HealthSupervisor(
+            settings.health,
+            self.registry,
+            clock=self.clock,
+            metrics=self.metrics,
+            rng=rng,
+            backend_settings=settings.backends,
+        )
         self.upstream = upstream or make_upstream(settings, self.clock)
         self.pipeline: Handler = build_pipeline(
             settings,
@@ -135,7 +148,8 @@ class Proxy:
             upstream=self.upstream,
             clock=self.clock,
             metrics=self.metrics,
-            rng=rng or random.Random(),
+            rng=rng,
+            sink=self.health,
         )
         self.draining = False
         self.started = False
@@ -150,12 +164,40 @@ class Proxy:
     async def startup(self) -> None:
         if not self.started:
             await self.upstream.start()
+            await self.health.start()
             self.started = True
 
     async def shutdown(self) -> None:
         if self.started:
+            await self.health.stop()
             await self.upstream.aclose()
             self.started = False
+
+    def load_source(self) -> Settings:
+        """Re-read the configuration the process was started from (blocking: run it off the loop).
+
+        Raises ConfigError for an invalid config and RuntimeError when there is no source."""
+        if self.reloader is None:
+            raise RuntimeError("this proxy was not started from a reloadable configuration")
+        return self.reloader()
+
+    def reload(self, settings: Settings) -> dict[str, list[str]]:
+        """Apply a re-read config without dropping in-flight requests.
+
+        Backends are added, reweighted or drained-then-removed. Other sections are read only at
+        start; a change to them is reported under "restart_required" and not applied.
+        """
+        changes = self.health.reconfigure(settings.backends, settings.balancer.ewma_decay)
+        restart = [
+            name
+            for name in ("listen", "admin", "balancer", "upstream", "timeouts", "limits", "health")
+            if getattr(settings, name) != getattr(self.settings, name)
+        ]
+        if restart:
+            log.warning("reload: changes to %s need a restart and were not applied", ", ".join(restart))
+        self.settings = dataclasses.replace(self.settings, backends=settings.backends)
+        log.info("reload: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "no backend changes")
+        return {**changes, "restart_required": restart}
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

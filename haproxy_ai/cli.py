@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -96,19 +96,21 @@ def _config_error(exc: ConfigError) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from .server import configure_logging
 
+    overrides = _flag_overrides(args)
     try:
-        settings = load_settings(overrides=_flag_overrides(args))
+        settings = load_settings(overrides=overrides)
     except ConfigError as exc:
         return _config_error(exc)
     configure_logging(args.log_level)
-    return _run_until_signal(_serve(settings))
+    # SIGHUP and POST /admin/reload re-read the same sources (file, env, flags) in the same order.
+    return _run_until_signal(_serve(settings, lambda: load_settings(overrides=overrides)))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, reloader: Callable[[], Settings]) -> None:
     from .server import ProxyServer
 
     try:
-        server = ProxyServer(settings)
+        server = ProxyServer(settings, reloader=reloader)
     except OSError as exc:
         raise SystemExit(f"haproxy-ai: cannot bind a listener: {exc.strerror or exc}") from None
 

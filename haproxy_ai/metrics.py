@@ -7,21 +7,31 @@ a dict lookup and an ``inc``/``observe``, never a ``labels()`` call with string 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .backends import Backend, Registry
+from .backends import Backend
 from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .health.state import BackendHealth, State
 
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+_STATES = ("healthy", "cooldown", "ejected", "unhealthy", "draining", "disabled")
+
+
+class _WeightSource(Protocol):
+    def get(self, name: str) -> BackendHealth: ...
+
+    def effective_weight(self, record: BackendHealth, now: float | None = None) -> float: ...
 
 
 class Metrics:
-    def __init__(self, backends: Registry | None = None) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -45,9 +55,15 @@ class Metrics:
             ["backend", "outcome"],
             registry=r,
         )
+        self.responses = Counter(
+            "haproxy_ai_backend_responses",
+            "Responses received from each backend, by status class (2xx, 4xx, 5xx...).",
+            ["backend", "code_class"],
+            registry=r,
+        )
         self.ttfb = Histogram(
             "haproxy_ai_upstream_ttfb_seconds",
-            "Time from sending a request to a backend until its response headers.",
+            "Time from sending a request to a backend until the first body byte (for streams: the first token).",
             ["backend"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -59,29 +75,75 @@ class Metrics:
         )
         self.truncated = Counter(
             "haproxy_ai_truncated_responses",
-            "Responses cut short by a backend failure after headers were sent.",
+            "Responses cut short by a backend failure or the deadline after headers were sent.",
             registry=r,
         )
+        # Health
+        self.probes = Counter(
+            "haproxy_ai_health_probes", "Active health probes, by result.", ["backend", "result"], registry=r
+        )
+        self.ejections = Counter(
+            "haproxy_ai_ejections",
+            "Passive ejections (outlier detection), by reason.",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.ejections_skipped = Counter(
+            "haproxy_ai_ejections_skipped",
+            "Ejections not carried out because max_ejection_percent of the pool was already ejected.",
+            ["backend"],
+            registry=r,
+        )
+        self.stalls = Counter(
+            "haproxy_ai_stream_stalls", "Streams silent for stall_timeout after their headers.", ["backend"], registry=r
+        )
+        self.panic = Gauge(
+            "haproxy_ai_panic_mode", "1 while too few backends are healthy and all enabled ones are used.", registry=r
+        )
+        self._state = Gauge(
+            "haproxy_ai_backend_state",
+            "1 for the backend's current state, 0 for the others.",
+            ["backend", "state"],
+            registry=r,
+        )
+        self._up = Gauge("haproxy_ai_backend_up", "1 if the backend is healthy, else 0.", ["backend"], registry=r)
         self._inflight = Gauge(
             "haproxy_ai_backend_inflight", "Requests in flight to each backend.", ["backend"], registry=r
         )
-        self._weight = Gauge("haproxy_ai_backend_weight", "Configured weight of each backend.", ["backend"], registry=r)
-        self._routable = Gauge(
-            "haproxy_ai_backend_routable", "1 if the backend may receive traffic now.", ["backend"], registry=r
+        self._weight = Gauge(
+            "haproxy_ai_backend_weight", "Effective weight of each backend (after slow start).", ["backend"], registry=r
         )
         self._codes: dict[int, Any] = {}
         self._attempt_children: dict[tuple[str, Outcome], Any] = {}
+        self._response_children: dict[tuple[str, int], Any] = {}
         self._ttfb_children: dict[str, Any] = {}
-        if backends is not None:
-            self.track(backends)
 
-    def track(self, registry: Registry) -> None:
-        """Export per-backend gauges read live from the registry at scrape time."""
-        for backend in registry.snapshot().backends:
-            name = backend.name
-            self._inflight.labels(name).set_function(_inflight_of(backend))
-            self._weight.labels(name).set(backend.weight)
-            self._routable.labels(name).set_function(_routable_in(registry, backend))
+    # -- per-backend series ----------------------------------------------------------------------
+
+    def track_backend(self, backend: Backend, health: _WeightSource) -> None:
+        """Export gauges for ``backend``, read live at scrape time."""
+        name = backend.name
+        self._inflight.labels(name).set_function(_inflight_of(backend))
+        self._weight.labels(name).set_function(_weight_of(health, name))
+
+    def forget_backend(self, backend: Backend) -> None:
+        name = backend.name
+        for gauge in (self._inflight, self._weight, self._up):
+            _remove(gauge, name)
+        for state in _STATES:
+            _remove(self._state, name, state)
+        for akey in [k for k in self._attempt_children if k[0] == name]:
+            del self._attempt_children[akey]
+        for rkey in [k for k in self._response_children if k[0] == name]:
+            del self._response_children[rkey]
+        self._ttfb_children.pop(name, None)
+
+    def set_state(self, backend: Backend, state: State) -> None:
+        for value in _STATES:
+            self._state.labels(backend.name, value).set(1 if value == state.value else 0)
+        self._up.labels(backend.name).set(1 if state.value == "healthy" else 0)
+
+    # -- request path ------------------------------------------------------------------------------
 
     def response(self, code: int, duration: float) -> None:
         child = self._codes.get(code)
@@ -90,12 +152,18 @@ class Metrics:
         child.inc()
         self.request_duration.observe(duration)
 
-    def attempt(self, backend: Backend, outcome: Outcome, ttfb: float | None) -> None:
+    def attempt(self, backend: Backend, outcome: Outcome, status: int | None, ttfb: float | None) -> None:
         key = (backend.name, outcome)
         child = self._attempt_children.get(key)
         if child is None:
             child = self._attempt_children[key] = self.attempts.labels(backend.name, outcome.value)
         child.inc()
+        if status is not None:
+            rkey = (backend.name, status // 100)
+            rchild = self._response_children.get(rkey)
+            if rchild is None:
+                rchild = self._response_children[rkey] = self.responses.labels(backend.name, f"{status // 100}xx")
+            rchild.inc()
         if ttfb is not None:
             hist = self._ttfb_children.get(backend.name)
             if hist is None:
@@ -103,9 +171,22 @@ class Metrics:
             hist.observe(ttfb)
 
 
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
 def _inflight_of(backend: Backend) -> Callable[[], float]:
     return lambda: float(backend.stats.inflight)
 
 
-def _routable_in(registry: Registry, backend: Backend) -> Callable[[], float]:
-    return lambda: 1.0 if backend in registry.snapshot().routable else 0.0
+def _weight_of(health: _WeightSource, name: str) -> Callable[[], float]:
+    def read() -> float:
+        try:
+            return health.effective_weight(health.get(name))
+        except KeyError:
+            return 0.0
+
+    return read

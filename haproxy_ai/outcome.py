@@ -7,6 +7,7 @@ never disagree about what a failure was.
 from __future__ import annotations
 
 import enum
+from email.utils import parsedate_to_datetime
 
 from .errors import (
     ConnectFailed,
@@ -18,7 +19,7 @@ from .errors import (
     UpstreamReset,
 )
 
-__all__ = ["Outcome", "classify_error", "classify_status"]
+__all__ = ["Outcome", "classify_error", "classify_status", "retry_after_seconds"]
 
 
 class Outcome(enum.Enum):
@@ -75,3 +76,21 @@ def classify_error(error: BaseException) -> Outcome:
     if isinstance(error, ProxyError):
         return _BY_ERROR.get(type(error), Outcome.RESET)
     return Outcome.RESET
+
+
+def retry_after_seconds(headers: list[tuple[bytes, bytes]], now: float) -> float | None:
+    """The Retry-After header as seconds from ``now`` (wall clock): delta-seconds or an
+    HTTP-date (RFC 9110 §10.2.3). None when absent or unparsable."""
+    for name, value in headers:
+        if name.lower() != b"retry-after":
+            continue
+        text = value.decode("latin-1").strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = parsedate_to_datetime(text).timestamp() - now
+            except (TypeError, ValueError):
+                return None
+        return max(seconds, 0.0) if seconds == seconds and seconds != float("inf") else None
+    return None

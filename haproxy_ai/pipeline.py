@@ -10,7 +10,7 @@ from .clock import Clock
 from .metrics import Metrics
 from .settings import Settings
 from .stages import Attempt, Balance
-from .types import Handler
+from .types import Handler, OutcomeSink
 from .upstream import Upstream
 
 __all__ = ["build_pipeline"]
@@ -24,13 +24,17 @@ def build_pipeline(
     clock: Clock,
     metrics: Metrics,
     rng: random.Random,
+    sink: OutcomeSink,
 ) -> Handler:
+    passive = settings.health.passive
     attempt = Attempt(
         upstream=upstream,
         clock=clock,
         metrics=metrics,
+        sink=sink,
         first_byte=settings.timeouts.first_byte,
         idle=settings.timeouts.idle,
+        stall_timeout=passive.stall_timeout if passive.enabled else None,
     )
     balancer = make_balancer(settings.balancer.type, cost_tolerance=settings.balancer.cost_tolerance)
     # Balance is the outermost stage for now; retries and hedging will wrap it, since each

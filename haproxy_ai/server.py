@@ -14,7 +14,7 @@ import uvicorn
 
 from .admin import build_admin_app
 from .app import Proxy
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 __all__ = ["ProxyServer", "bind_socket", "configure_logging"]
 
@@ -39,6 +39,8 @@ class _DropIncompleteNotice(logging.Filter):
 def configure_logging(level: str = "info") -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").addFilter(_DropIncompleteNotice())
+    # httpx logs every request at INFO; probes would flood the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -66,9 +68,11 @@ class ProxyServer:
         proxy: Proxy | None = None,
         data_socket: socket.socket | None = None,
         admin_socket: socket.socket | None = None,
+        reloader: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        self.proxy = proxy or Proxy(settings)
+        self.proxy = proxy or Proxy(settings, reloader=reloader)
+        self._background: set[asyncio.Future[None]] = set()
         listen, admin = settings.listen, settings.admin
         self.data_socket = data_socket or bind_socket(listen.host, listen.port, listen.backlog)
         self.admin_socket = admin_socket
@@ -117,6 +121,24 @@ class ProxyServer:
         self.proxy.draining = True
         self._data.should_exit = True
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config source and apply it; an invalid one is logged and ignored."""
+        proxy = self.proxy
+        try:
+            settings = await asyncio.get_running_loop().run_in_executor(None, proxy.load_source)
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration stays:\n  %s", "\n  ".join(map(str, exc.issues)))
+            return
+        except RuntimeError as exc:
+            log.error("reload: %s", exc)
+            return
+        proxy.reload(settings)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def serve(
         self, *, handle_signals: bool = False, on_ready: Callable[[ProxyServer], None] | None = None
     ) -> None:
@@ -124,6 +146,7 @@ class ProxyServer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             data = asyncio.create_task(self._data.serve(sockets=[self.data_socket]))
             admin = (
@@ -147,7 +170,7 @@ class ProxyServer:
                     await admin
         finally:
             if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             self.data_socket.close()
             if self.admin_socket is not None:

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .context import RequestContext
+    from .outcome import Outcome
 
-__all__ = ["Handler", "ProxyRequest", "UpstreamResponse"]
+__all__ = ["Handler", "OutcomeSink", "ProxyRequest", "UpstreamResponse"]
 
 
 @dataclass(slots=True)
@@ -41,3 +43,23 @@ class UpstreamResponse(Protocol):
 
 
 Handler = Callable[[ProxyRequest, "RequestContext"], Awaitable[UpstreamResponse]]
+
+
+class OutcomeSink(Protocol):
+    """Receives each finished attempt's classified outcome (passive health checking).
+
+    Called synchronously on the request path: implementations must not block or await.
+    """
+
+    def record(
+        self,
+        backend: Backend,
+        outcome: Outcome,
+        *,
+        first_byte: float | None = None,
+        retry_after: float | None = None,
+    ) -> None: ...
+
+    def stalled(self, backend: Backend) -> None:
+        """A response body went silent for the configured stall timeout after its headers."""
+        ...

@@ -71,6 +71,14 @@ class Stack:
         self._backends: list[FakeBackend] = []
         self._proxies: list[RunningProxy] = []
 
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a synchronous function on the loop thread (proxy state has one writer: the loop)."""
+
+        async def run() -> T:
+            return fn(*args, **kwargs)
+
+        return self.loop.run(run())
+
     def backend(self, **options: Any) -> FakeBackend:
         backend = FakeBackend(FakeBackendOptions(**options))
         self.loop.run(backend.start("127.0.0.1", 0))

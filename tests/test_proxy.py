@@ -280,8 +280,8 @@ def test_backend_dying_mid_stream_gives_an_abnormal_end(stack: Stack, upstream_c
 
 def test_no_routable_backend_is_503_with_retry_after(stack: Stack, upstream_client: str) -> None:
     backend = stack.backend()
-    proxy = _proxy(stack, upstream_client, [backend])
-    proxy.proxy.registry.set_routable([])
+    proxy = _proxy(stack, upstream_client, [{"url": backend.url, "name": "only"}])
+    stack.call(proxy.proxy.health.disable, "only")
     r = httpx.get(proxy.url + "/v1/models", trust_env=False)
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
@@ -353,8 +353,8 @@ def test_openai_sdk_through_the_proxy(stack: Stack, upstream_client: str) -> Non
 def test_openai_sdk_sees_proxy_errors(stack: Stack, upstream_client: str) -> None:
     openai = pytest.importorskip("openai")
     backend = stack.backend()
-    proxy = _proxy(stack, upstream_client, [backend])
-    proxy.proxy.registry.set_routable([])
+    proxy = _proxy(stack, upstream_client, [{"url": backend.url, "name": "only"}])
+    stack.call(proxy.proxy.health.disable, "only")
     sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0, timeout=10)
     with pytest.raises(openai.APIStatusError) as info:
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])

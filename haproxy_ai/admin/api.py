@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -8,16 +13,47 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..settings import settings_to_dict
+from ..health import UnknownBackend
+from ..settings import ConfigError, settings_to_dict
 
 if TYPE_CHECKING:
     from ..app import Proxy
 
 __all__ = ["build_admin_app"]
 
+log = logging.getLogger("haproxy_ai.admin")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_MAX_WEIGHT = 1_000_000
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "admin_error", "code": code}}, status_code=status)
+
 
 def build_admin_app(proxy: Proxy) -> Starlette:
-    """Admin endpoints for one proxy instance. Read-only: nothing here changes state on GET."""
+    """Admin endpoints for one proxy instance.
+
+    /healthz, /readyz and /metrics are open (kubelet and Prometheus probe them); every
+    /admin/* route requires ``Authorization: Bearer <admin.token>`` when a token is set. GET
+    never changes state; changes are POST/PUT.
+    """
+    token = proxy.settings.admin.token.encode()
+
+    def guarded(endpoint: Endpoint) -> Endpoint:
+        async def wrapper(request: Request) -> Response:
+            if token:
+                header = request.headers.get("authorization", "")
+                scheme, _, given = header.partition(" ")
+                if scheme.lower() != "bearer" or not given:
+                    response = _error(401, "admin token required (Authorization: Bearer ...)", "unauthorized")
+                    response.headers["www-authenticate"] = 'Bearer realm="haproxy-ai admin"'
+                    return response
+                if not hmac.compare_digest(given.strip().encode(), token):
+                    return _error(403, "admin token rejected", "forbidden")
+            return await endpoint(request)
+
+        return wrapper
 
     async def healthz(request: Request) -> Response:
         # Liveness: the process and its event loop answer.
@@ -39,32 +75,88 @@ def build_admin_app(proxy: Proxy) -> Starlette:
 
     async def backends(request: Request) -> Response:
         snapshot = proxy.registry.snapshot()
-        routable = set(snapshot.routable)
-        rows: list[dict[str, Any]] = []
-        for b in snapshot.backends:
-            ewma = b.stats.ewma
-            rows.append(
+        health = proxy.health
+        return JSONResponse(
+            {
+                "version": snapshot.version,
+                "panic": snapshot.panic,
+                "backends": [health.describe(r) for r in health.records()],
+            }
+        )
+
+    async def backend(request: Request) -> Response:
+        try:
+            record = proxy.health.get(request.path_params["name"])
+        except UnknownBackend:
+            return _unknown(request)
+        return JSONResponse(proxy.health.describe(record))
+
+    def action(name: str) -> Endpoint:
+        async def act(request: Request) -> Response:
+            target = request.path_params["name"]
+            try:
+                record = getattr(proxy.health, name)(target)
+            except UnknownBackend:
+                return _unknown(request)
+            log.info("admin: %s %s", name, target)
+            return JSONResponse(proxy.health.describe(record))
+
+        return act
+
+    async def weight(request: Request) -> Response:
+        target = request.path_params["name"]
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return _error(400, 'body must be JSON like {"weight": 3}', "invalid_json")
+        value = body.get("weight") if isinstance(body, dict) else body
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_WEIGHT:
+            return _error(400, f'"weight" must be a number > 0 and <= {_MAX_WEIGHT}, got {value!r}', "invalid_weight")
+        try:
+            record = proxy.health.set_weight(target, float(value))
+        except UnknownBackend:
+            return _unknown(request)
+        return JSONResponse(proxy.health.describe(record))
+
+    async def reload(request: Request) -> Response:
+        try:
+            # Reading the file is blocking I/O: off the loop. Applying it is state: on the loop.
+            settings = await asyncio.get_running_loop().run_in_executor(None, proxy.load_source)
+        except ConfigError as exc:
+            return JSONResponse(
                 {
-                    "name": b.name,
-                    "url": b.url,
-                    "weight": b.weight,
-                    "routable": b in routable,
-                    "inflight": b.stats.inflight,
-                    "requests": b.stats.requests,
-                    "ewma_ttfb_ms": None if ewma is None else round(ewma * 1000, 3),
-                }
+                    "error": {
+                        "message": "invalid configuration; the running one is unchanged",
+                        "type": "admin_error",
+                        "code": "invalid_config",
+                        "issues": [str(i) for i in exc.issues],
+                    }
+                },
+                status_code=400,
             )
-        return JSONResponse({"version": snapshot.version, "backends": rows})
+        except RuntimeError as exc:
+            return _error(409, str(exc), "reload_unavailable")
+        return JSONResponse(proxy.reload(settings))
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings_to_dict(proxy.settings))
+
+    def _unknown(request: Request) -> Response:
+        names = [r.backend.name for r in proxy.health.records()]
+        return _error(404, f"no backend named {request.path_params['name']!r}; known: {names}", "unknown_backend")
 
     return Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
-            Route("/admin/backends", backends),
-            Route("/admin/config", config),
+            Route("/admin/backends", guarded(backends)),
+            Route("/admin/backends/{name}", guarded(backend)),
+            Route("/admin/backends/{name}/drain", guarded(action("drain")), methods=["POST"]),
+            Route("/admin/backends/{name}/disable", guarded(action("disable")), methods=["POST"]),
+            Route("/admin/backends/{name}/enable", guarded(action("enable")), methods=["POST"]),
+            Route("/admin/backends/{name}/weight", guarded(weight), methods=["PUT"]),
+            Route("/admin/reload", guarded(reload), methods=["POST"]),
+            Route("/admin/config", guarded(config)),
         ]
     )
