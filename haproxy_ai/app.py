@@ -20,11 +20,19 @@ from typing import Any
 from .backends import Backend, BackendStats, Registry
 from .clock import Clock, SystemClock
 from .context import RequestContext
-from .errors import BodyTooLarge, InvalidRequest, NoBackendAvailable, ProxyError, TotalTimeout, error_body
+from .errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    NoBackendAvailable,
+    Overloaded,
+    ProxyError,
+    TotalTimeout,
+    error_body,
+)
 from .health import HealthSupervisor
 from .metrics import Metrics
 from .pipeline import build_pipeline
-from .settings import Settings
+from .settings import Settings, parse_duration
 from .types import Handler, ProxyRequest
 from .upstream import Upstream, make_upstream
 
@@ -66,6 +74,7 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-haproxy-ai-backend", b"x-request-id"}
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_PRIORITY = {b"high": 0, b"normal": 1, b"low": 2}
 _WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to disconnect
 
 
@@ -158,6 +167,14 @@ class Proxy:
         self._backend_header = settings.upstream.backend_header
         self._server_timing = settings.upstream.server_timing
         self._access_log = settings.listen.access_log
+        # Control headers, resolved once: name -> 0 priority, 1 retry opt-out, 2 deadline.
+        self._control: dict[bytes, int] = {}
+        for kind, name in enumerate(
+            (settings.limits.priority_header, settings.retry.opt_out_header, settings.timeouts.deadline_header)
+        ):
+            if name:
+                self._control.setdefault(name.lower().encode("latin-1"), kind)
+        self._default_priority = _PRIORITY[settings.limits.default_priority.encode()]
 
     # -- lifespan -------------------------------------------------------------------------------
 
@@ -236,7 +253,20 @@ class Proxy:
         host = request_id = forwarded_for = None
         declared_length: bytes | None = None
         connection_tokens: bytes | None = None
+        control = self._control
+        priority = self._default_priority
+        opt_out = False
+        deadline_value: bytes | None = None
         for name, value in scope["headers"]:
+            kind = control.get(name)
+            if kind is not None:
+                # Proxy control headers are read here and still forwarded (the replica may use them).
+                if kind == 0:
+                    priority = _PRIORITY.get(value.strip().lower(), priority)
+                elif kind == 1:
+                    opt_out = True
+                else:
+                    deadline_value = value
             if name in _REQUEST_DROP:
                 if name == b"host":
                     host = value
@@ -294,7 +324,13 @@ class Proxy:
         query: bytes = scope.get("query_string", b"")
         target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
         request = ProxyRequest(method, target, headers, body)
-        ctx = RequestContext(rid, received, received + self._total, peer)
+        total = self._total
+        if deadline_value is not None:
+            try:
+                total = min(total, parse_duration(deadline_value.decode("latin-1")) or total)
+            except ValueError:
+                pass  # an unreadable deadline header is ignored, like an absent one
+        ctx = RequestContext(rid, received, received + total, peer, priority=priority, opt_out=opt_out)
 
         task = asyncio.current_task()
         assert task is not None
@@ -307,7 +343,7 @@ class Proxy:
         watch_handle = loop.call_later(_WATCH_AFTER, state.start_watcher)
         deadline_handle = (
             loop.call_later(max(ctx.deadline - clock.monotonic(), 0.0), state.deadline_hit)
-            if self._total != math.inf
+            if ctx.deadline != math.inf
             else None
         )
         try:
@@ -328,12 +364,14 @@ class Proxy:
 
     async def _deadline_exceeded(self, send: Send, ctx: RequestContext, state: _State) -> None:
         if not state.started:
-            error = TotalTimeout(f"request exceeded its {self._total:g}s deadline")
+            error = TotalTimeout(f"request exceeded its {ctx.deadline - ctx.received:g}s deadline")
             await self._error(send, error, ctx.request_id, ctx.received, ctx=ctx)
         else:
             # Committed: end the stream abnormally (no final chunk) rather than look complete.
             log.warning(
-                "request %s: deadline of %gs exceeded mid-response; response truncated", ctx.request_id, self._total
+                "request %s: deadline of %gs exceeded mid-response; response truncated",
+                ctx.request_id,
+                ctx.deadline - ctx.received,
             )
             self.metrics.truncated.inc()
             self.metrics.response(state.status, self.clock.monotonic() - ctx.received)
@@ -366,11 +404,16 @@ class Proxy:
 
     async def _proxy(self, request: ProxyRequest, ctx: RequestContext, send: Send, state: _State) -> None:
         clock = self.clock
+        started = clock.monotonic()
         try:
             response = await self.pipeline(request, ctx)
         except ProxyError as exc:
+            ctx.upstream_wait = clock.monotonic() - started
             await self._error(send, exc, ctx.request_id, ctx.received, ctx=ctx)
             return
+        # Everything inside the pipeline (queueing, attempts, retries, hedges) is "upstream";
+        # the rest is the proxy's own overhead.
+        ctx.upstream_wait = clock.monotonic() - started
         status = response.status
         try:
             out = _response_headers(response.headers)
@@ -378,6 +421,7 @@ class Proxy:
             backend = ctx.attempts[-1].backend
             if self._backend_header:
                 out.append((b"x-haproxy-ai-backend", backend.name.encode("latin-1")))
+                out.append((b"x-haproxy-ai-attempts", b"%d" % len(ctx.attempts)))
             overhead = clock.monotonic() - ctx.received - ctx.upstream_wait
             if self._server_timing:
                 out.append(
@@ -436,12 +480,14 @@ class Proxy:
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", request_id.encode("latin-1")),
         ]
-        if isinstance(exc, NoBackendAvailable):
+        if isinstance(exc, NoBackendAvailable | Overloaded):
             headers.append((b"retry-after", str(exc.retry_after).encode()))
         if close:
             headers.append((b"connection", b"close"))
         if self._backend_header and exc.backend:
             headers.append((b"x-haproxy-ai-backend", exc.backend.encode("latin-1")))
+        if self._backend_header and ctx is not None and ctx.attempts:
+            headers.append((b"x-haproxy-ai-attempts", b"%d" % len(ctx.attempts)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         self.metrics.response(status, self.clock.monotonic() - received)

@@ -37,6 +37,8 @@ class RequestContext:
     client_gone: bool = False
     # Set when the request's total deadline fired (the request task is being cancelled).
     deadline_hit: bool = False
+    priority: int = 1  # 0 high, 1 normal, 2 low
+    opt_out: bool = False  # the client asked for no retries or hedges
 
     @property
     def tried(self) -> list[Backend]:

@@ -17,6 +17,7 @@ __all__ = [
     "IdleTimeout",
     "InvalidRequest",
     "NoBackendAvailable",
+    "Overloaded",
     "ProxyError",
     "TotalTimeout",
     "UpstreamReset",
@@ -84,6 +85,19 @@ class UpstreamReset(ProxyError):
 class NoBackendAvailable(ProxyError):
     status = 503
     code = "no_backend_available"
+    type = "service_unavailable"
+    source = "internal"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(ProxyError):
+    """Shed by admission control: the queue was full or the wait too long."""
+
+    status = 503
+    code = "overloaded"
     type = "service_unavailable"
     source = "internal"
 

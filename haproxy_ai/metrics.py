@@ -78,6 +78,33 @@ class Metrics:
             "Responses cut short by a backend failure or the deadline after headers were sent.",
             registry=r,
         )
+        # Resilience
+        self.retries = Counter("haproxy_ai_retries", "Retries, by the condition retried.", ["reason"], registry=r)
+        self.retry_budget_exhausted = Counter(
+            "haproxy_ai_retry_budget_exhausted", "Retries refused because the retry budget was spent.", registry=r
+        )
+        self.hedges = Counter(
+            "haproxy_ai_hedges",
+            "Hedged attempts: fired, won (the hedge answered first), cancelled (a loser stopped), "
+            "budget_exhausted and brownout (a hedge that was due but not sent).",
+            ["result"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "haproxy_ai_shed_requests",
+            "Requests shed with 503 by admission control.",
+            ["priority", "reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "haproxy_ai_queue_wait_seconds",
+            "Time requests waited for capacity (global limit or a backend slot).",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "haproxy_ai_queue_depth", "Requests waiting for capacity now, by priority.", ["priority"], registry=r
+        )
         # Health
         self.probes = Counter(
             "haproxy_ai_health_probes", "Active health probes, by result.", ["backend", "result"], registry=r
@@ -190,3 +217,13 @@ def _weight_of(health: _WeightSource, name: str) -> Callable[[], float]:
             return 0.0
 
     return read
+
+
+def track_queue_depth(metrics: Metrics, depth_by_priority: Callable[[], dict[int, int]]) -> None:
+    """Export a wait queue's depth per priority, read at scrape time."""
+    for number, name in enumerate(("high", "normal", "low")):
+        metrics.queue_depth.labels(name).set_function(_depth_of(depth_by_priority, number))
+
+
+def _depth_of(depth_by_priority: Callable[[], dict[int, int]], priority: int) -> Callable[[], float]:
+    return lambda: float(depth_by_priority().get(priority, 0))

@@ -34,6 +34,7 @@ class Outcome(enum.Enum):
     TOTAL_TIMEOUT = "total_timeout"
     RESET = "reset"
     CLIENT_GONE = "client_gone"
+    CANCELLED = "cancelled"  # a hedge that lost the race, or a retry that superseded it
 
     @property
     def is_failure(self) -> bool:

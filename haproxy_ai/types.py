@@ -29,9 +29,11 @@ class UpstreamResponse(Protocol):
     """Response headers from one backend, with the body still to be streamed.
 
     ``chunks()`` yields body bytes as they arrive and raises a ProxyError (IdleTimeout,
-    TotalTimeout, UpstreamReset) if the backend stalls or breaks. ``aclose()`` must be called
-    exactly once; when the body was not read to the end it closes the connection instead of
-    returning it to the pool, which is what tells the replica to stop generating.
+    UpstreamReset) if the backend stalls or breaks. ``aclose()`` must be called exactly once;
+    when the body was not read to the end it closes the connection instead of returning it to
+    the pool, which is what tells the replica to stop generating. ``abandoned=True`` says the
+    proxy dropped the response on purpose (a hedge that lost, a status about to be retried),
+    so the attempt is not judged by it.
     """
 
     status: int
@@ -39,7 +41,7 @@ class UpstreamResponse(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self, *, abandoned: bool = False) -> None: ...
 
 
 Handler = Callable[[ProxyRequest, "RequestContext"], Awaitable[UpstreamResponse]]

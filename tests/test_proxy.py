@@ -219,7 +219,9 @@ def test_first_byte_timeout_is_504(stack: Stack, upstream_client: str) -> None:
     r = httpx.post(proxy.url + "/v1/completions", json={"prompt": "x"}, trust_env=False)
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "upstream_first_byte_timeout"
-    wait_for(lambda: _stats(backend)["cancelled"] == 1)
+    attempts = int(r.headers["x-haproxy-ai-attempts"])  # retried (same backend: the only one)
+    assert attempts == 3
+    wait_for(lambda: _stats(backend)["cancelled"] == attempts)
 
 
 def test_total_timeout_is_504(stack: Stack, upstream_client: str) -> None:

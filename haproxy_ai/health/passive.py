@@ -23,7 +23,7 @@ def is_failure(outcome: Outcome, settings: PassiveSettings) -> bool | None:
         return False
     if outcome is Outcome.THROTTLED:
         return True if settings.throttle_is_failure else None
-    if outcome in (Outcome.CLIENT_ERROR, Outcome.CLIENT_GONE, Outcome.TOTAL_TIMEOUT):
+    if outcome in (Outcome.CLIENT_ERROR, Outcome.CLIENT_GONE, Outcome.TOTAL_TIMEOUT, Outcome.CANCELLED):
         return None
     return True
 

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError, ConfigIssue
 from .schema import SECTIONS, BackendSettings, Settings
-from .values import format_duration, format_size, format_statuses, parse_scalar
+from .values import format_delay, format_duration, format_size, format_statuses, parse_scalar
 
 __all__ = [
     "ENV_PREFIX",
@@ -47,12 +47,14 @@ class _Parser:
                     break
         self.issues.append(ConfigIssue(path, message, where))
 
-    def section(self, cls: type[Any], data: Any, path: str) -> Any:
+    def section(self, cls: type[Any], data: Any, path: str, base: Any = None) -> Any:
+        if base is None:
+            base = cls()
         if data is None:
-            return cls()
+            return base
         if not isinstance(data, Mapping):
             self.error(path, f"must be a mapping, got {type(data).__name__}")
-            return cls()
+            return base
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, raw in data.items():
@@ -64,7 +66,10 @@ class _Parser:
                 continue
             kind = f.metadata["kind"]
             if kind == "section":
-                values[f.name] = self.section(f.metadata["cls"], raw, sub)
+                # Start from the field's own default: a nested section may default differently
+                # from its class (hedge.budget is smaller than retry.budget).
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+                values[f.name] = self.section(f.metadata["cls"], raw, sub, base=default)
             elif kind == "overrides":
                 values[f.name] = tuple(self.partial(f.metadata["cls"], raw, sub).items())
             else:
@@ -72,7 +77,7 @@ class _Parser:
                     values[f.name] = parse_scalar(kind, f.metadata, raw)
                 except ValueError as exc:
                     self.error(sub, str(exc))
-        return cls(**values)
+        return dataclasses.replace(base, **values)
 
     def partial(self, cls: type[Any], data: Any, path: str) -> dict[str, Any]:
         """Only the keys given, each parsed and checked as in ``cls`` (for per-item overrides)."""
@@ -370,6 +375,10 @@ def _format_value(kind: str | None, value: Any) -> Any:
         return format_size(value)
     if kind == "statuses":
         return format_statuses(value)
+    if kind == "delay":
+        return format_delay(value)
+    if kind == "words":
+        return list(value)
     if kind == "secret":
         return "<redacted>" if value else ""
     return settings_to_dict(value)

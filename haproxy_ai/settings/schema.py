@@ -13,7 +13,9 @@ __all__ = [
     "AdminSettings",
     "BackendSettings",
     "BalancerSettings",
+    "BudgetSettings",
     "HealthSettings",
+    "HedgeSettings",
     "LimitSettings",
     "ListenSettings",
     "PassiveSettings",
@@ -31,6 +33,8 @@ def _f(default: Any, kind: str, doc: str, **bounds: Any) -> Any:
 def _section(cls: type[Any], doc: str) -> Any:
     return field(default_factory=cls, metadata={"kind": "section", "cls": cls, "doc": doc})
 
+
+_PRIORITIES = ("high", "normal", "low")
 
 # Status ranges (inclusive); "2xx" parses to ((200, 299),).
 StatusRanges = tuple[tuple[int, int], ...]
@@ -137,11 +141,75 @@ class TimeoutSettings:
     first_byte: float = _f(300.0, "duration", "request sent -> response headers (a first token can take long)", gt=0)
     idle: float = _f(120.0, "duration", "longest gap between two response body chunks", gt=0)
     total: float = _f(1800.0, "duration", "whole request including the streamed body (0 = no limit)", min=0)
+    deadline_header: str = _f(
+        "x-request-timeout", "str", "request header that may shorten the total deadline, e.g. 30s ('' = ignore)"
+    )
+    forward_deadline_header: str = _f("", "str", "send the remaining deadline (seconds) upstream in this header")
 
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_request_body: int = _f(10 * 1024 * 1024, "size", "larger request bodies get 413", min=0)
+    max_in_flight: int = _f(0, "int", "requests in the proxy at once; more wait in the queue (0 = no limit)", min=0)
+    backend_max_in_flight: int = _f(0, "int", "per backend (HAProxy maxconn); more wait in the queue (0 = none)", min=0)
+    max_queue: int = _f(1024, "int", "waiting requests; when full the lowest priority is shed with 503", min=0)
+    queue_timeout: float = _f(10.0, "duration", "longest wait in the queue before a 503", gt=0)
+    priority_header: str = _f("x-priority", "str", "request header carrying high, normal or low")
+    default_priority: str = _f("normal", "choice", "priority of requests without the header", choices=_PRIORITIES)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    ratio: float = _f(0.2, "float", "extra attempts allowed per request over the window", min=0)
+    min_per_second: float = _f(10.0, "float", "extra attempts always allowed per second", min=0)
+    window: float = _f(10.0, "duration", "sliding window the ratio is measured over", gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    enabled: bool = _f(True, "bool", "retry failed attempts on another backend")
+    attempts: int = _f(3, "int", "attempts in total, the first included", min=1, max=10)
+    per_try_timeout: float = _f(0.0, "duration", "response headers per attempt (0 = timeouts.first_byte)", min=0)
+    retry_on: tuple[str, ...] = _f(
+        ("connect_failed", "connect_timeout", "reset", "first_byte_timeout"),
+        "words",
+        "failures before headers that are retried",
+        choices=("connect_failed", "connect_timeout", "reset", "first_byte_timeout"),
+    )
+    statuses: StatusRanges = _f(
+        ((500, 500), (502, 504)), "statuses", "response statuses that are retried (429 is opt-in)"
+    )
+    methods: tuple[str, ...] = _f(
+        ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"),
+        "words",
+        "methods that may be replayed (inference POSTs are stateless)",
+        choices=("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH", "TRACE"),
+    )
+    opt_out_header: str = _f("x-haproxy-ai-no-retry", "str", "a request with this header is never retried or hedged")
+    backoff_base: float = _f(0.025, "duration", "first retry waits up to this (full jitter), doubling", min=0)
+    backoff_max: float = _f(0.25, "duration", "cap on one backoff", min=0)
+    budget: BudgetSettings = _section(BudgetSettings, "retries <= ratio x requests + min_per_second")
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    enabled: bool = _f(False, "bool", "send a second attempt when the first is slow; the first answer wins")
+    delay: tuple[str, float] = _f(
+        ("percentile", 95.0), "delay", "fixed (200ms) or a percentile of recent time to first byte (p95)"
+    )
+    min_delay: float = _f(0.05, "duration", "never hedge sooner than this", min=0)
+    max_hedges: int = _f(1, "int", "extra attempts per request", min=1, max=4)
+    min_samples: int = _f(20, "int", "adaptive delay: first-byte samples needed before hedging", min=1)
+    brownout_threshold: float = _f(
+        0.5, "float", "stop hedging while more than this fraction of requests would hedge", gt=0, max=1
+    )
+    methods: tuple[str, ...] = _f(
+        ("GET", "POST"), "words", "methods that may be hedged", choices=("GET", "HEAD", "OPTIONS", "POST", "PUT")
+    )
+    budget: BudgetSettings = field(
+        default_factory=lambda: BudgetSettings(ratio=0.1, min_per_second=1.0),
+        metadata={"kind": "section", "cls": BudgetSettings, "doc": "hedges <= ratio x requests + min_per_second"},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +222,8 @@ class Settings:
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    hedge: HedgeSettings = field(default_factory=HedgeSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -164,4 +234,6 @@ SECTIONS: dict[str, type[Any]] = {
     "timeouts": TimeoutSettings,
     "limits": LimitSettings,
     "health": HealthSettings,
+    "retry": RetrySettings,
+    "hedge": HedgeSettings,
 }

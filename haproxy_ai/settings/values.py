@@ -8,13 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "format_delay",
     "format_duration",
     "format_size",
     "format_statuses",
+    "parse_delay",
     "parse_duration",
     "parse_scalar",
     "parse_size",
     "parse_statuses",
+    "parse_words",
 ]
 
 _DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -171,6 +174,45 @@ def format_statuses(ranges: tuple[tuple[int, int], ...]) -> str | list[str]:
     return parts[0] if len(parts) == 1 else parts
 
 
+def parse_words(value: Any, choices: tuple[str, ...] | None) -> tuple[str, ...]:
+    """A list (or a comma/space separated string) of words, each one of ``choices``."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list, got {type(value).__name__}")
+    result: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected words, got {item!r}")
+        if choices is not None:
+            match = next((c for c in choices if c.lower() == item.lower()), None)
+            if match is None:
+                raise ValueError(f"{item!r} is not one of {', '.join(choices)}")
+            item = match
+        if item not in result:
+            result.append(item)
+    return tuple(result)
+
+
+def parse_delay(value: Any) -> tuple[str, float]:
+    """``200ms`` -> ("fixed", 0.2); ``p95`` -> ("percentile", 95.0)."""
+    if isinstance(value, str) and value.strip().lower().startswith("p"):
+        try:
+            percentile = float(value.strip()[1:])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentile like p95") from None
+        if not 0 < percentile < 100:
+            raise ValueError(f"{value!r}: the percentile must be between 0 and 100")
+        return ("percentile", percentile)
+    try:
+        return ("fixed", parse_duration(value))
+    except ValueError:
+        raise ValueError(f"expected a duration like 200ms or a percentile like p95, got {value!r}") from None
+
+
+def format_delay(delay: tuple[str, float]) -> str:
+    return f"p{delay[1]:g}" if delay[0] == "percentile" else format_duration(delay[1])
+
+
 def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
     if kind == "duration":
         result: Any = parse_duration(value)
@@ -188,6 +230,10 @@ def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
             raise ValueError(f"must be one of {', '.join(meta['choices'])}; got {result!r}")
     elif kind == "statuses":
         result = parse_statuses(value)
+    elif kind == "words":
+        result = parse_words(value, meta.get("choices"))
+    elif kind == "delay":
+        result = parse_delay(value)
     elif kind == "path":
         result = _parse_str(value)
         if not result.startswith("/") or any(c in result for c in " \r\n\t#"):

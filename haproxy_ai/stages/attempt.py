@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+import math
+from collections.abc import AsyncIterator, Callable
 
 from ..backends import Backend
 from ..clock import Clock
@@ -34,35 +36,49 @@ class Attempt:
         first_byte: float,
         idle: float,
         stall_timeout: float | None,
+        forward_deadline_header: str = "",
+        on_first_byte: Callable[[float], None] | None = None,
+        on_finish: Callable[[], None] | None = None,
     ) -> None:
         self._upstream = upstream
         self._clock = clock
         self._metrics = metrics
         self._sink = sink
+        self._first_byte_timeout = first_byte
+        self._idle = idle
         self._timeouts = AttemptTimeouts(first_byte, idle)
         self._stall = stall_timeout
+        self._forward = forward_deadline_header
+        self._on_first_byte = on_first_byte
+        self._on_finish = on_finish
 
     async def __call__(self, request: ProxyRequest, ctx: RequestContext, backend: Backend) -> UpstreamResponse:
         clock = self._clock
         started = clock.monotonic()
         record = AttemptRecord(backend, started)
         ctx.attempts.append(record)
+        timeouts = self._timeouts
+        remaining = ctx.deadline - started
+        if remaining < self._first_byte_timeout:
+            # The request's deadline is split across attempts: this one may wait only for what is left.
+            timeouts = AttemptTimeouts(max(remaining, 0.001), self._idle)
+        if self._forward and remaining != math.inf:
+            request = dataclasses.replace(request, headers=[*request.headers, (self._forward, f"{remaining:.3f}")])
         stats = backend.stats
         stats.start()
         try:
-            response = await self._upstream.send(backend, request, self._timeouts)
+            response = await self._upstream.send(backend, request, timeouts)
         except BaseException as exc:
             stats.finish()
-            now = clock.monotonic()
-            ctx.upstream_wait += now - started
-            record.ended = now
+            if self._on_finish is not None:
+                self._on_finish()
+            record.ended = clock.monotonic()
             outcome = classify_error(exc) if isinstance(exc, ProxyError) else _cancelled(ctx)
             record.outcome = outcome
             self._metrics.attempt(backend, outcome, None, None)
             self._sink.record(backend, outcome)
             raise
         now = clock.monotonic()
-        ctx.upstream_wait += now - started
         record.headers_at = now
         record.status = response.status
         stats.observe(now - started, now)
@@ -74,6 +90,7 @@ class _TrackedResponse:
     the body for a stall (no bytes for ``stall_timeout``) with one re-armed timer."""
 
     __slots__ = (
+        "_abandoned",
         "_attempt",
         "_clock",
         "_closed",
@@ -102,6 +119,7 @@ class _TrackedResponse:
         self._first_byte: float | None = None
         self._last_chunk = 0.0
         self._stalled = False
+        self._abandoned = False
         self._stall_handle: asyncio.TimerHandle | None = None
         self.status = inner.status
         self.headers = inner.headers
@@ -119,6 +137,8 @@ class _TrackedResponse:
                 now = clock.monotonic()
                 if self._first_byte is None:
                     self._first_byte = now - self._record.started
+                    if self._attempt._on_first_byte is not None:
+                        self._attempt._on_first_byte(self._first_byte)
                 self._last_chunk = now
                 yield chunk
         except ProxyError as exc:
@@ -139,19 +159,23 @@ class _TrackedResponse:
             return
         self._stall_handle = asyncio.get_running_loop().call_later(stall - silent, self._check_stall)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, abandoned: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         record = self._record
         try:
-            await self._inner.aclose()
+            await self._inner.aclose(abandoned=abandoned)
         finally:
             if self._stall_handle is not None:
                 self._stall_handle.cancel()
             record.backend.stats.finish()
+            if self._attempt._on_finish is not None:
+                self._attempt._on_finish()
             record.ended = self._clock.monotonic()
-            if self._error is not None:
+            if abandoned and self.status < 400:
+                outcome = Outcome.CANCELLED  # lost a hedge race: says nothing about the backend
+            elif self._error is not None:
                 outcome = classify_error(self._error)
             elif self._ctx.client_gone or self._ctx.deadline_hit:
                 outcome = _cancelled(self._ctx)
@@ -167,8 +191,11 @@ class _TrackedResponse:
 
 
 def _cancelled(ctx: RequestContext) -> Outcome:
-    """Why an attempt was cut short from above: the request deadline, else the client left."""
-    return Outcome.TOTAL_TIMEOUT if ctx.deadline_hit else Outcome.CLIENT_GONE
+    """Why an attempt was cut short from above: the request deadline, the client leaving, or
+    else the proxy itself (a hedge that lost the race)."""
+    if ctx.deadline_hit:
+        return Outcome.TOTAL_TIMEOUT
+    return Outcome.CLIENT_GONE if ctx.client_gone else Outcome.CANCELLED
 
 
 def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -1,37 +1,100 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 from ..backends import Backend, Registry
 from ..balancers import Balancer
+from ..clock import Clock
 from ..context import RequestContext
-from ..errors import NoBackendAvailable
+from ..errors import NoBackendAvailable, Overloaded
+from ..metrics import Metrics
+from ..policies import PriorityWaitQueue, QueueTimeout, Shed
 from ..types import ProxyRequest, UpstreamResponse
 
 __all__ = ["BackendHandler", "Balance"]
 
-from collections.abc import Awaitable, Callable
-
 BackendHandler = Callable[[ProxyRequest, RequestContext, Backend], Awaitable[UpstreamResponse]]
+_NAMES = ("high", "normal", "low")
 
 
 class Balance:
-    """Pick a backend from the current snapshot (avoiding ones this request already tried, when
-    another is left) and hand the request to ``next`` for that backend."""
+    """Pick a backend from the current snapshot, avoiding ones this request already tried when
+    another is left, and hand the request to ``next`` for that backend.
 
-    def __init__(self, next: BackendHandler, *, registry: Registry, balancer: Balancer, rng: random.Random) -> None:
+    With ``max_per_backend`` (HAProxy's maxconn), backends at their limit are skipped; when all
+    routable backends are full the request waits in a priority queue for a slot (``notify`` is
+    called whenever an attempt ends) and is shed with 503 when the queue is full or too slow.
+    """
+
+    def __init__(
+        self,
+        next: BackendHandler,
+        *,
+        registry: Registry,
+        balancer: Balancer,
+        rng: random.Random,
+        max_per_backend: int = 0,
+        queue: PriorityWaitQueue | None = None,
+        queue_timeout: float = 10.0,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._next = next
         self._registry = registry
         self._balancer = balancer
         self._rng = rng
+        self._max = max_per_backend
+        self._queue = queue
+        self._queue_timeout = queue_timeout
+        self._clock = clock
+        self._metrics = metrics
+
+    def notify(self) -> None:
+        """An attempt ended somewhere: a waiting request may find a free slot now."""
+        if self._queue is not None and self._queue.depth:
+            self._queue.wake_one()
 
     async def __call__(self, request: ProxyRequest, ctx: RequestContext) -> UpstreamResponse:
-        snapshot = self._registry.snapshot()
-        candidates, weights = snapshot.routable, snapshot.weights
+        waited = False
+        while True:
+            snapshot = self._registry.snapshot()
+            candidates, weights = snapshot.routable, snapshot.weights
+            if not candidates:
+                raise NoBackendAvailable(f"no routable backend ({len(snapshot.backends)} configured, none available)")
+            if self._max:
+                if self._queue is not None and self._queue.depth and not waited and not ctx.attempts:
+                    await self._wait(ctx)  # first come, first served: join the queue behind others
+                    waited = True
+                    continue
+                limit = self._max
+                free = [(b, w) for b, w in zip(candidates, weights, strict=True) if b.stats.inflight < limit]
+                candidates, weights = tuple(b for b, _ in free), tuple(w for _, w in free)
+            backend = self._pick(candidates, weights, ctx)
+            if backend is not None:
+                return await self._next(request, ctx, backend)
+            await self._wait(ctx)  # every routable backend is at its limit
+            waited = True
+
+    def _pick(self, candidates: tuple[Backend, ...], weights: tuple[float, ...], ctx: RequestContext) -> Backend | None:
         tried = ctx.tried if ctx.attempts else ()
         backend = self._balancer.pick(candidates, weights, tried, self._rng)
         if backend is None and tried:
             backend = self._balancer.pick(candidates, weights, (), self._rng)
-        if backend is None:
-            raise NoBackendAvailable(f"no routable backend ({len(snapshot.backends)} configured, none available)")
-        return await self._next(request, ctx, backend)
+        return backend
+
+    async def _wait(self, ctx: RequestContext) -> None:
+        queue, clock, metrics = self._queue, self._clock, self._metrics
+        assert queue is not None and clock is not None and metrics is not None
+        name = _NAMES[ctx.priority]
+        started = clock.monotonic()
+        try:
+            await queue.wait(ctx.priority, ctx.deadline, min(self._queue_timeout, max(ctx.deadline - started, 0.0)))
+        except Shed:
+            metrics.shed.labels(name, "queue_full").inc()
+            raise Overloaded(f"overloaded: every backend at its limit, {name}-priority request shed") from None
+        except QueueTimeout:
+            metrics.shed.labels(name, "queue_timeout").inc()
+            raise Overloaded(f"overloaded: no backend slot within {self._queue_timeout:g}s") from None
+        finally:
+            metrics.queue_wait.observe(clock.monotonic() - started)

@@ -144,7 +144,7 @@ class _Response:
                 return
             yield chunk
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, abandoned: bool = False) -> None:
         if self._done:
             self._resp.release()
         else:

@@ -114,6 +114,6 @@ class _Response:
             if chunk:
                 yield chunk
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, abandoned: bool = False) -> None:
         # httpx closes (rather than pools) a connection whose body was not fully read.
         await self._resp.aclose()
