@@ -10,7 +10,9 @@ gets a whole core to itself, and "direct" shows what backend + load generator do
 1. Closed loop (throughput): ``wrk -t1 -cN -dD --latency`` (without wrk: a Python aiohttp
    generator, N connections each sending its next request as soon as the last one returned)
    against a fixed 285-byte JSON body from nginx (``worker_processes 1``; without nginx a tiny
-   uvloop server). Targets: direct, haproxy-ai with each upstream client, HAProxy. Columns:
+   uvloop server). Targets: direct, haproxy-ai with each upstream client, HAProxy configured like
+   haproxy-ai's defaults (3 attempts with redispatch on connect failure, empty response, timeout
+   and 500/502-504; GET /health checks every 2 s, rise 2, fall 3). Columns:
    req/s, p50 and p99 latency, and each as a ratio to direct ("req/s vs direct" 0.25 = a quarter
    of direct's throughput; "p99 vs direct" 3.0 = three times direct's p99). Each target gets a
    1 s warm-up first. Direct is bounded by nginx + wrk sharing CPU 1, so it is a reference, not a
@@ -201,11 +203,17 @@ def start_fixed_backend(procs: Procs, tmp: Path) -> tuple[str, str]:
 def start_haproxy(procs: Procs, tmp: Path, haproxy: str, backend: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     host_port = backend.removeprefix("http://").rstrip("/")
+    # Configured like haproxy-ai's defaults, so both do the same work per request: 3 attempts
+    # (2 retries, redispatched) on connect failures, empty responses, timeouts and 500/502-504;
+    # active checks GET /health every 2 s (rise 2, fall 3); passive marking down after 5 errors.
     (tmp / "haproxy.cfg").write_text(
         f"global\n  nbthread 1\n  maxconn 4096\n\ndefaults\n  mode http\n  option http-keep-alive\n"
-        f"  http-reuse always\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\n"
+        f"  http-reuse always\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n"
+        f"  retries 2\n  option redispatch 1\n"
+        f"  retry-on conn-failure empty-response response-timeout 500 502 503 504\n\n"
         f"frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\n"
-        f"backend be\n  server s1 {host_port}\n"
+        f"backend be\n  option httpchk GET /health\n"
+        f"  server s1 {host_port} check inter 2s rise 2 fall 3 observe layer7 error-limit 5 on-error mark-down\n"
     )
     url = f"http://127.0.0.1:{port}/"
     return procs.start("haproxy", [haproxy, "-db", "-f", str(tmp / "haproxy.cfg")], CPU_PROXY, url), url
