@@ -19,6 +19,18 @@ def _proxy(stack: Stack, upstream_client: str, backends: list, **sections):  # t
     return stack.proxy(backends, **sections)
 
 
+def _read_cut_stream(proxy, payload: dict) -> list[str]:  # type: ignore[no-untyped-def]
+    """Read an SSE stream that must end abnormally (an incomplete chunked body); return its lines."""
+    received: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
+        with c.stream("POST", "/v1/chat/completions", json=payload) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                received.append(line)
+    assert "data: [DONE]" not in received  # never a made-up end
+    return received
+
+
 def _stats(backend) -> dict:  # type: ignore[no-untyped-def]
     return httpx.get(backend.url + "/_stats", trust_env=False).json()
 
@@ -236,15 +248,9 @@ def test_total_timeout_is_504(stack: Stack, upstream_client: str) -> None:
 def test_total_deadline_mid_stream_truncates_and_cancels(stack: Stack, upstream_client: str) -> None:
     backend = stack.backend(tokens=100, chunk_interval=0.05)
     proxy = _proxy(stack, upstream_client, [backend], timeouts={"total": "400ms"})
-    payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
-        with c.stream("POST", "/v1/chat/completions", json=payload) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                received.append(line)
+    received = _read_cut_stream(proxy, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     events = [line for line in received if line.startswith("data: ")]
-    assert 0 < len(events) < 100 and "data: [DONE]" not in received
+    assert 0 < len(events) < 100
     wait_for(lambda: _stats(backend)["cancelled"] == 1)
     metrics = httpx.get(proxy.admin_url + "/metrics", trust_env=False).text
     assert 'outcome="total_timeout"' in metrics
@@ -253,14 +259,7 @@ def test_total_deadline_mid_stream_truncates_and_cancels(stack: Stack, upstream_
 def test_idle_timeout_mid_stream_truncates_never_completes(stack: Stack, upstream_client: str) -> None:
     backend = stack.backend(tokens=5, chunk_interval=2.0)
     proxy = _proxy(stack, upstream_client, [backend], timeouts={"idle": "200ms"})
-    payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
-        with c.stream("POST", "/v1/chat/completions", json=payload) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                received.append(line)
-    assert "data: [DONE]" not in received
+    _read_cut_stream(proxy, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     wait_for(lambda: _stats(backend)["cancelled"] == 1)
     assert "haproxy_ai_truncated_responses_total 1.0" in httpx.get(proxy.admin_url + "/metrics", trust_env=False).text
 
@@ -269,15 +268,9 @@ def test_backend_dying_mid_stream_gives_an_abnormal_end(stack: Stack, upstream_c
     backend = stack.backend(tokens=10)
     backend.set_fault("reset", after_chunks=3)
     proxy = _proxy(stack, upstream_client, [backend])
-    payload = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError), client(proxy.url) as c:
-        with c.stream("POST", "/v1/chat/completions", json=payload) as r:
-            for line in r.iter_lines():
-                received.append(line)
+    received = _read_cut_stream(proxy, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     events = [line for line in received if line.startswith("data: ")]
     assert len(events) == 3  # every byte the replica sent, then an abnormal end
-    assert "data: [DONE]" not in received
 
 
 def test_no_routable_backend_is_503_with_retry_after(stack: Stack, upstream_client: str) -> None:

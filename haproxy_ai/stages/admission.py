@@ -4,14 +4,12 @@ from collections.abc import AsyncIterator
 
 from ..clock import Clock
 from ..context import RequestContext
-from ..errors import Overloaded
 from ..metrics import Metrics
-from ..policies import PriorityWaitQueue, QueueTimeout, Shed
+from ..policies import PriorityWaitQueue
 from ..types import Handler, ProxyRequest, UpstreamResponse
+from ._queueing import wait_for_capacity
 
 __all__ = ["Admission"]
-
-_NAMES = ("high", "normal", "low")
 
 
 class Admission:
@@ -58,18 +56,14 @@ class Admission:
         return _Admitted(response, self)
 
     async def _wait_turn(self, ctx: RequestContext) -> None:
-        started = self._clock.monotonic()
-        name = _NAMES[ctx.priority]
-        try:
-            await self._queue.wait(ctx.priority, ctx.deadline, min(self._timeout, max(ctx.deadline - started, 0.0)))
-        except Shed:
-            self._metrics.shed.labels(name, "queue_full").inc()
-            raise Overloaded(f"overloaded: {name}-priority request shed (queue full)") from None
-        except QueueTimeout:
-            self._metrics.shed.labels(name, "queue_timeout").inc()
-            raise Overloaded(f"overloaded: no capacity within {self._timeout:g}s") from None
-        finally:
-            self._metrics.queue_wait.observe(self._clock.monotonic() - started)
+        await wait_for_capacity(
+            self._queue,
+            ctx,
+            patience=self._timeout,
+            clock=self._clock,
+            metrics=self._metrics,
+            what=f"{self._max} requests in flight",
+        )
 
     def _release(self) -> None:
         self.in_flight -= 1

@@ -7,15 +7,15 @@ from ..backends import Backend, Registry
 from ..balancers import Balancer
 from ..clock import Clock
 from ..context import RequestContext
-from ..errors import NoBackendAvailable, Overloaded
+from ..errors import NoBackendAvailable
 from ..metrics import Metrics
-from ..policies import PriorityWaitQueue, QueueTimeout, Shed
+from ..policies import PriorityWaitQueue
 from ..types import ProxyRequest, UpstreamResponse
+from ._queueing import wait_for_capacity
 
 __all__ = ["BackendHandler", "Balance"]
 
 BackendHandler = Callable[[ProxyRequest, RequestContext, Backend], Awaitable[UpstreamResponse]]
-_NAMES = ("high", "normal", "low")
 
 
 class Balance:
@@ -84,17 +84,12 @@ class Balance:
         return backend
 
     async def _wait(self, ctx: RequestContext) -> None:
-        queue, clock, metrics = self._queue, self._clock, self._metrics
-        assert queue is not None and clock is not None and metrics is not None
-        name = _NAMES[ctx.priority]
-        started = clock.monotonic()
-        try:
-            await queue.wait(ctx.priority, ctx.deadline, min(self._queue_timeout, max(ctx.deadline - started, 0.0)))
-        except Shed:
-            metrics.shed.labels(name, "queue_full").inc()
-            raise Overloaded(f"overloaded: every backend at its limit, {name}-priority request shed") from None
-        except QueueTimeout:
-            metrics.shed.labels(name, "queue_timeout").inc()
-            raise Overloaded(f"overloaded: no backend slot within {self._queue_timeout:g}s") from None
-        finally:
-            metrics.queue_wait.observe(clock.monotonic() - started)
+        assert self._queue is not None and self._clock is not None and self._metrics is not None
+        await wait_for_capacity(
+            self._queue,
+            ctx,
+            patience=self._queue_timeout,
+            clock=self._clock,
+            metrics=self._metrics,
+            what=f"every backend at its limit of {self._max}",
+        )
