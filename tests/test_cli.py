@@ -132,7 +132,7 @@ def test_serve_from_env_vars_drains_open_streams_on_sigterm() -> None:
         with _spawn("serve", env=env) as proxy:
             url = _expect(proxy, r"proxying (http://\S+) -> r1").group(1)
             admin = _expect(proxy, r"admin on (http://\S+) ").group(1)
-            assert httpx.get(admin + "/readyz", trust_env=False).status_code == 200
+            wait_for(lambda: httpx.get(admin + "/readyz", trust_env=False).status_code == 200)
 
             events: list[str] = []
             first_event = threading.Event()

@@ -389,7 +389,7 @@ def test_metrics_and_admin_endpoints(stack: Stack, upstream_client: str) -> None
         rows = admin.get("/admin/backends").json()["backends"]
         assert rows[0]["name"] == "only" and rows[0]["requests"] == 3 and rows[0]["routable"] is True
         assert admin.get("/healthz").status_code == 200
-        assert admin.get("/readyz").status_code == 200
+        wait_for(lambda: admin.get("/readyz").status_code == 200)  # after a first passing probe
         assert admin.get("/admin/config").json()["backends"][0]["name"] == "only"
 
 

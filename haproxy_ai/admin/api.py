@@ -68,6 +68,12 @@ def build_admin_app(proxy: Proxy) -> Starlette:
             return PlainTextResponse("starting\n", status_code=503)
         if routable == 0:
             return PlainTextResponse("no routable backend\n", status_code=503)
+        if proxy.settings.health.active.enabled and not any(
+            r.last_probe is not None and r.last_probe.ok for r in proxy.health.records()
+        ):
+            # Backends start healthy so traffic is not refused needlessly, but a pod is not
+            # ready until a probe has seen a replica answer (a model server may still be loading).
+            return PlainTextResponse("waiting for a first passing health probe\n", status_code=503)
         return PlainTextResponse(f"ready: {routable} routable backend(s)\n")
 
     async def metrics(request: Request) -> Response:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -211,12 +213,23 @@ async def serve_forever(
     port: int,
     ready: Callable[[FakeBackend], None] | None = None,
 ) -> None:
-    """Serve until cancelled, then stop the backend. ``ready(backend)`` is called once listening."""
+    """Serve until cancelled or sent SIGTERM/SIGINT, then stop the backend. ``ready(backend)`` is
+    called once listening. Handling SIGTERM matters as PID 1 in a container, where the default
+    action does not apply and the runtime would otherwise wait to kill it."""
     backend = FakeBackend(options)
     await backend.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     try:
         if ready is not None:
             ready(backend)
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         await backend.stop()
