@@ -32,6 +32,7 @@ the model can be checked against reality.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -121,8 +122,11 @@ def intervals(
     (e.g. a bounded history that dropped old entries) cannot put the spans out of step.
 
     Consecutive spans of the same class (healthy -> cooldown, ejected -> unhealthy, ...) are merged and
-    zero-length spans dropped, so neighbouring intervals always differ in class. Returns ``[]`` when
-    ``start == end``. Raises ``ValueError`` for ``end < start`` or an unknown state name.
+    zero-length spans dropped, so neighbouring intervals always differ in class. A transition exactly at
+    ``start`` or ``end`` therefore leaves no span on one side and is not counted as an event by
+    :func:`failure_rate` / :func:`repair_rate` (nor in an adjoining window, where it only sets the
+    initial state). Returns ``[]`` when ``start == end``. Raises ``ValueError`` for ``end < start`` or
+    an unknown state name.
     """
     if not end >= start:
         raise ValueError(f"window end {end} is before its start {start}")
@@ -187,7 +191,7 @@ def poisson_rate(events: int, exposure: float, confidence: float = 0.95) -> Rate
 
 
 def _count(ivs: Sequence[Interval], before: str, after: str) -> int:
-    return sum(1 for a, b in zip(ivs, ivs[1:], strict=False) if a.state == before and b.state == after and a.end == b.start)
+    return sum(1 for a, b in itertools.pairwise(ivs) if a.state == before and b.state == after and a.end == b.start)
 
 
 def _exposure(ivs: Sequence[Interval], state: str) -> float:
@@ -286,7 +290,7 @@ def chi2_ppf(p: float, df: float) -> float:
     if y <= 0.0 or not math.isfinite(y):
         y = max(small, a)
     lo, hi = 0.0, math.inf
-    for _ in range(2_000):
+    for i in range(2_000):
         f = residual(y)
         if f == 0.0:
             return 2.0 * y
@@ -294,14 +298,15 @@ def chi2_ppf(p: float, df: float) -> float:
             lo = y
         else:
             hi = y
-        if math.isinf(hi):
-            step = y - f / density(y) if density(y) > 0.0 else 2.0 * y
+        fp = density(y)
+        step = y - f / fp if fp > 0.0 else math.nan
+        if math.isinf(hi):  # no upper bracket yet: Newton from below moves up; else double
             nxt = step if step > y else 2.0 * y
-        else:
-            fp = density(y)
-            step = y - f / fp if fp > 0.0 else math.nan
-            nxt = step if lo < step < hi else (lo + hi) / 2.0
-        if abs(nxt - y) <= 1e-15 * y or (not math.isinf(hi) and hi - lo <= 1e-15 * hi):
+        else:  # Newton inside the bracket, bisection otherwise (and every 8th step, to guarantee progress)
+            nxt = step if lo < step < hi and i % 8 != 7 else (lo + hi) / 2.0
+            if hi - lo <= 1e-14 * hi:
+                return lo + hi  # 2 * midpoint
+        if abs(nxt - y) <= 1e-14 * y:
             return 2.0 * nxt
         y = nxt
     raise ArithmeticError(f"chi-square quantile did not converge for p={p}, df={df}")
@@ -464,8 +469,6 @@ def observed_fraction_at_least(per_backend: Sequence[Sequence[Interval]], k: int
             covered.append(t - prev)
         count += delta[t]
         prev = t
-    if count >= k:  # only reachable if intervals were not clipped (cannot happen) but keep it exact
-        covered.append(end - prev)
     return min(1.0, math.fsum(covered) / (end - start))
 
 
