@@ -65,6 +65,20 @@ def _build_parser() -> argparse.ArgumentParser:
     fake = sub.add_parser("fake-backend", help="run a simulated OpenAI-compatible replica")
     fake_backend.add_arguments(fake)
 
+    avail = sub.add_parser("availability", help="availability estimate of a pool, from a running proxy or a file")
+    source = avail.add_mutually_exclusive_group(required=True)
+    source.add_argument("--admin", metavar="URL", help="a running proxy's admin listener, e.g. http://127.0.0.1:9901")
+    source.add_argument("--history", metavar="FILE", help="a history exported from GET /admin/history")
+    avail.add_argument(
+        "--token", default=os.environ.get("HAPROXY_AI_ADMIN_TOKEN"), help="admin token (env HAPROXY_AI_ADMIN_TOKEN)"
+    )
+    avail.add_argument(
+        "--min-healthy", type=int, help="pool is up with at least this many healthy (default: the proxy's, or 1)"
+    )
+    avail.add_argument("--crews", type=int, help="repairs at a time (0 = independent)")
+    avail.add_argument("--target", type=float, help="target availability for the what-if (default 0.9999)")
+    avail.add_argument("--json", action="store_true", help="print the report as JSON")
+
     demo = sub.add_parser("demo", help="three simulated replicas behind the proxy, in one process", parents=[logs])
     demo.add_argument("--host", default="127.0.0.1", help="data listener address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="data port (default 8080; 0 = any free port)")
@@ -173,6 +187,53 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _run_until_signal(run_demo(args.host, args.port, args.admin_port))
 
 
+def _run_availability(args: argparse.Namespace) -> int:
+    import json
+
+    from .availability.render import HistoryError, render_table, report_from_export
+
+    model_flags = (args.min_healthy, args.crews, args.target)
+    if any(v is not None and v < 0 for v in model_flags) or (args.min_healthy is not None and args.min_healthy < 1):
+        print("haproxy-ai availability: --min-healthy must be >= 1, --crews and --target >= 0", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.history:
+            with open(args.history, encoding="utf-8") as f:
+                data = json.load(f)
+        else:
+            import httpx
+
+            headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
+            # Without model flags, show exactly what the proxy computes with its own settings.
+            path = "/admin/history" if any(v is not None for v in model_flags) else "/admin/availability"
+            response = httpx.get(args.admin.rstrip("/") + path, headers=headers, timeout=10, trust_env=False)
+            if response.status_code in (401, 403):
+                print(
+                    f"haproxy-ai availability: admin token required or rejected ({response.status_code})",
+                    file=sys.stderr,
+                )
+                return 1
+            response.raise_for_status()
+            data = response.json()
+        if "format" in data:
+            report = report_from_export(
+                data,
+                k_min=args.min_healthy or 1,
+                crews=args.crews or None,
+                target=args.target if args.target is not None else 0.9999,
+            )
+        else:
+            report = data
+    except (OSError, ValueError, HistoryError) as exc:
+        print(f"haproxy-ai availability: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # httpx errors: unreachable admin, bad status
+        print(f"haproxy-ai availability: cannot read {args.admin}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else render_table(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -184,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_fake_backend(args)
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "availability":
+        return _run_availability(args)
     parser.print_help()
     return EXIT_CONFIG
 

@@ -21,6 +21,14 @@ __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+_AVAILABILITY_GAUGES = (
+    ("p_at_least_k", "haproxy_ai_availability_pool", "Model: P(at least min_healthy backends healthy)."),
+    ("replica_availability", "haproxy_ai_availability_replica", "Model: steady-state availability of one replica."),
+    ("observed_fraction_at_least_k", "haproxy_ai_availability_observed", "Measured: time share with min_healthy up."),
+    ("expected_downtime_per_year_s", "haproxy_ai_availability_downtime_per_year_seconds", "Model: downtime/year."),
+    ("mean_time_to_pool_failure_s", "haproxy_ai_availability_mean_time_to_failure_seconds", "Model: MTTF of the pool."),
+    ("replicas_needed_for_target", "haproxy_ai_availability_replicas_needed", "Model: replicas for the target."),
+)
 _STATES = ("healthy", "cooldown", "ejected", "unhealthy", "draining", "disabled")
 
 
@@ -144,6 +152,21 @@ class Metrics:
         self._attempt_children: dict[tuple[str, Outcome], Any] = {}
         self._response_children: dict[tuple[str, int], Any] = {}
         self._ttfb_children: dict[str, Any] = {}
+
+    # -- availability ------------------------------------------------------------------------------
+
+    def track_availability(self, report: Callable[[], dict[str, Any]]) -> None:
+        """Export the availability model's headline numbers, read from ``report()`` at scrape time."""
+
+        def pool(key: str) -> Callable[[], float]:
+            def read() -> float:
+                value = report().get("pool", {}).get(key)
+                return float(value) if isinstance(value, int | float) else float("nan")
+
+            return read
+
+        for key, name, doc in _AVAILABILITY_GAUGES:
+            Gauge(name, doc, registry=self.registry).set_function(pool(key))
 
     # -- per-backend series ----------------------------------------------------------------------
 

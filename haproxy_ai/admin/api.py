@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..health import UnknownBackend
 from ..settings import ConfigError, settings_to_dict
+from .insight import build_insight_endpoints
 
 if TYPE_CHECKING:
     from ..app import Proxy
@@ -151,8 +152,13 @@ def build_admin_app(proxy: Proxy) -> Starlette:
         names = [r.backend.name for r in proxy.health.records()]
         return _error(404, f"no backend named {request.path_params['name']!r}; known: {names}", "unknown_backend")
 
+    insight = build_insight_endpoints(proxy)
     return Starlette(
         routes=[
+            Route("/admin/", insight["page"]),
+            Route("/admin/availability", guarded(insight["availability"])),
+            Route("/admin/history", guarded(insight["history"])),
+            Route("/admin/stats", guarded(insight["stats"])),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

@@ -55,6 +55,7 @@ class BackendHealth:
     rise_fall: RiseFall
     detector: OutlierDetector
     history: deque[Transition]
+    since: float = 0.0  # wall clock when observation of this backend began
     admin: AdminState = AdminState.ENABLED
     ejected_until: float = 0.0
     ejections: int = 0

@@ -136,6 +136,7 @@ class HealthSupervisor:
             rise_fall=RiseFall(active.rise, active.fall),
             detector=OutlierDetector(self.settings.passive),
             history=deque(maxlen=self.settings.history_size),
+            since=self._clock.time(),
         )
         self._records[backend.name] = record
         self._metrics.track_backend(backend, self)
@@ -428,6 +429,19 @@ class HealthSupervisor:
         self._metrics.panic.set(1 if panic else 0)
 
     # -- views -------------------------------------------------------------------------------------
+
+    def histories(self) -> dict[str, tuple[float, list[tuple[float, str, str]], str]]:
+        """Each backend's (observed since, transitions, current state), wall-clock seconds: the
+        input of the availability model. When the bounded history dropped old entries,
+        observation is taken to start at the oldest kept one."""
+        out: dict[str, tuple[float, list[tuple[float, str, str]], str]] = {}
+        for record in self._records.values():
+            transitions = [(t.at, t.from_state.value, t.to_state.value) for t in record.history]
+            since = record.since
+            if len(record.history) == record.history.maxlen and transitions:
+                since = max(since, transitions[0][0])
+            out[record.backend.name] = (since, transitions, record.state.value)
+        return out
 
     def describe(self, record: BackendHealth) -> dict[str, Any]:
         now = self._clock.monotonic()

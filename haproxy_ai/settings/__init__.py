@@ -22,6 +22,7 @@ from .loader import (
 from .schema import (
     ActiveCheckSettings,
     AdminSettings,
+    AvailabilitySettings,
     BackendSettings,
     BalancerSettings,
     BudgetSettings,
@@ -43,6 +44,7 @@ __all__ = [
     "OVERRIDES",
     "ActiveCheckSettings",
     "AdminSettings",
+    "AvailabilitySettings",
     "BackendSettings",
     "BalancerSettings",
     "BudgetSettings",

@@ -213,6 +213,13 @@ class HedgeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AvailabilitySettings:
+    min_healthy: int = _f(1, "int", "the pool is up while at least this many backends are healthy", min=1)
+    repair_crews: int = _f(0, "int", "repairs at a time in the model (0 = every replica independently)", min=0)
+    target: float = _f(0.9999, "float", "availability target for the replicas-needed what-if", gt=0, max=1)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: ListenSettings = field(default_factory=ListenSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
@@ -224,6 +231,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     hedge: HedgeSettings = field(default_factory=HedgeSettings)
+    availability: AvailabilitySettings = field(default_factory=AvailabilitySettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -236,4 +244,5 @@ SECTIONS: dict[str, type[Any]] = {
     "health": HealthSettings,
     "retry": RetrySettings,
     "hedge": HedgeSettings,
+    "availability": AvailabilitySettings,
 }
