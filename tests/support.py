@@ -7,10 +7,16 @@ proxy and the simulated replicas, exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
+import re
+import signal
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -209,3 +215,71 @@ class RawBackend:
                 self._server.close()
 
         self.loop.run(stop())
+
+
+# Child processes (the CLI as users run it)
+
+
+class ChildProcess:
+    """A child whose merged output is read by a thread, so a test can wait for a line with a deadline."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=dict(env)
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"{self.args}: no line matching {pattern!r}; output:\n{''.join(self.seen)}")
+
+    def send_signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` (SIGTERM: what docker stop and the kubelet send); the exit code."""
+        self.popen.send_signal(sig)
+        return self.popen.wait(timeout)
+
+
+@contextmanager
+def spawn(args: list[str], env: Mapping[str, str]) -> Iterator[ChildProcess]:
+    proc = ChildProcess(args, env)
+    try:
+        yield proc
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(10)
+        if proc.popen.stdout is not None:
+            proc.popen.stdout.close()
+
+
+def clean_env(*layers: Mapping[str, str]) -> dict[str, str]:
+    """This process's env without HAPROXY_AI_* variables, then ``layers`` in order."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAPROXY_AI_")}
+    for layer in layers:
+        env.update(layer)
+    return env

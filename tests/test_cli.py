@@ -3,82 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 
 from haproxy_ai import __version__
 
-from .support import wait_for
+from .support import ChildProcess, clean_env, spawn, wait_for
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAPROXY_AI_")}
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return clean_env(extra, {"PYTHONUNBUFFERED": "1"})
 
 
-class _Process:
-    """A child process whose merged output is read by a thread into a queue, so tests can wait
-    for a line with a deadline (select() on a buffered text pipe would miss buffered lines)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def send_signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout)
+def _spawn(*args: str, env: dict[str, str] | None = None) -> AbstractContextManager[ChildProcess]:
+    """``haproxy-ai ARGS`` as a child process, its output readable line by line with deadlines."""
+    return spawn([sys.executable, "-m", "haproxy_ai", *args], env or _env())
 
 
-@contextmanager
-def _spawn(*args: str, env: dict[str, str] | None = None) -> Iterator[_Process]:
-    proc = _Process([sys.executable, "-m", "haproxy_ai", *args], env or _env())
-    try:
-        yield proc
-    finally:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait(10)
-
-
-def _expect(proc: _Process, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-    """Wait for an output line matching ``pattern`` (fail at the deadline or at EOF)."""
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while True:
-        try:
-            line = proc.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        seen.append(line)
-        match = re.search(pattern, line)
-        if match:
-            return match
-    raise AssertionError(f"{pattern!r} not printed; output was:\n{''.join(seen)}")
+def _expect(proc: ChildProcess, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+    return proc.expect(pattern, timeout)
 
 
 def test_version() -> None:

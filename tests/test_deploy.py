@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import posixpath
-import queue
 import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +33,7 @@ import yaml
 from haproxy_ai import fake_backend
 from haproxy_ai.settings import Settings, load_settings, parse_settings
 
-from .support import wait_for
+from .support import clean_env, spawn, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "config" / "kubernetes").glob("*.yaml"))
@@ -255,65 +250,6 @@ def test_build_context_holds_what_pip_install_needs_and_nothing_private() -> Non
 # Processes, for the entrypoint and the compose replicas
 
 
-class _Process:
-    """A child whose merged output is read by a thread, so a test can wait for a line with a deadline."""
-
-    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
-        self.args = args
-        self.popen = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=dict(env)
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"{self.args}: no line matching {pattern!r}; output:\n{''.join(self.seen)}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``sig`` (SIGTERM: what docker stop and the kubelet send); the exit code."""
-        self.popen.send_signal(sig)
-        return self.popen.wait(timeout)
-
-
-@contextmanager
-def _spawn(args: list[str], env: Mapping[str, str]) -> Iterator[_Process]:
-    proc = _Process(args, env)
-    try:
-        yield proc
-    finally:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait(10)
-        if proc.popen.stdout is not None:
-            proc.popen.stdout.close()
-
-
-def _clean_env(*layers: Mapping[str, str]) -> dict[str, str]:
-    """This process's env without HAPROXY_AI_* variables, then ``layers`` in order."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAPROXY_AI_")}
-    for layer in layers:
-        env.update(layer)
-    return env
-
-
 def _compose() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
@@ -342,7 +278,7 @@ def test_entrypoint_serves_with_the_image_env_and_exits_0_on_sigterm() -> None:
 
     replica_args = [*r1["entrypoint"], *r1["command"], "--host", "127.0.0.1", "--port", "0"]
     replica_args[0] = _executable(replica_args[0])
-    with _spawn(replica_args, _clean_env(image_env)) as replica:
+    with spawn(replica_args, clean_env(image_env)) as replica:
         replica_url = replica.expect(r"serving (http://127\.0\.0\.1:\d+)").group(1)
 
         # The image's env alone is a valid config once backends are given: 0.0.0.0 data, loopback admin.
@@ -350,7 +286,7 @@ def test_entrypoint_serves_with_the_image_env_and_exits_0_on_sigterm() -> None:
         assert (settings.listen.host, settings.admin.host) == ("0.0.0.0", "127.0.0.1")
 
         # Run it on loopback with ephemeral ports: tests bind nothing else, and 8080/9901 may be taken.
-        env = _clean_env(
+        env = clean_env(
             image_env,
             {
                 "HAPROXY_AI_BACKENDS": replica_url,
@@ -360,7 +296,7 @@ def test_entrypoint_serves_with_the_image_env_and_exits_0_on_sigterm() -> None:
             },
         )
         entrypoint = _exec_form(final.one("ENTRYPOINT"))
-        with _spawn([_executable(entrypoint[0]), *entrypoint[1:]], env) as proxy:
+        with spawn([_executable(entrypoint[0]), *entrypoint[1:]], env) as proxy:
             data_url = proxy.expect(r"proxying (http://127\.0\.0\.1:\d+)").group(1)
             admin = proxy.expect(r"admin on http://127\.0\.0\.1:(\d+)")
             admin_url = f"http://127.0.0.1:{admin.group(1)}"
