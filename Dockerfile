@@ -37,7 +37,6 @@ ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="haproxy-ai" \
       org.opencontainers.image.description="High-availability streaming reverse proxy for AI inference replicas (vLLM, TGI, any OpenAI-compatible server)" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
 # A fixed, non-root UID/GID so Kubernetes' runAsNonRoot can verify it and file permissions are predictable.
