@@ -94,7 +94,7 @@ def test_hung_replica_costs_one_per_try_timeout_not_the_request(stack: Stack) ->
             started = time.monotonic()
             r = c.post("/v1/chat/completions", json=CHAT)
             assert r.status_code == 200
-            assert time.monotonic() - started < 0.2 + 0.5
+            assert time.monotonic() - started < 0.2 + 1.3  # one per-try timeout, not the 5 min first-byte one
     assert _sample(_metrics(proxy), "haproxy_ai_retries_total", reason="first_byte_timeout") >= 1
 
 
