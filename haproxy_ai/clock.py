@@ -1,6 +1,6 @@
 """The one clock the proxy reads.
 
-Timing logic (EWMA decay, timeouts measured for metrics, later health thresholds and
+Timing logic (EWMA decay, timeouts measured for metrics, health thresholds and
 budgets) takes a ``Clock`` so tests advance time instead of sleeping.
 """
 

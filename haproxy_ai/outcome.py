@@ -1,6 +1,6 @@
 """Classify each attempt once.
 
-Metrics (and, later, retries and passive health) consume the same ``Outcome`` value so they
+Metrics, retries and passive health checking consume the same ``Outcome`` value so they
 never disagree about what a failure was.
 """
 

@@ -17,7 +17,7 @@ __all__ = ["Handler", "OutcomeSink", "ProxyRequest", "UpstreamResponse"]
 @dataclass(slots=True)
 class ProxyRequest:
     """A request as it will be sent upstream: hop-by-hop headers already removed, body buffered
-    (so a later stage may replay it on another backend)."""
+    (so the retry and hedge stages can replay it on another backend)."""
 
     method: str
     target: str  # origin-form: path plus "?query", exactly as received
