@@ -528,7 +528,7 @@ def _fake_backend_options(args: list[str]) -> fake_backend.FakeBackendOptions:
 def test_compose_defines_three_replicas_the_proxy_and_locust() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"r1", "r2", "r3", "proxy", "locust"}
+    assert set(services) == {"r1", "r2", "r3", "proxy", "locust", "postgres"}
 
     replicas = {name: services[name] for name in ("r1", "r2", "r3")}
     for name, service in replicas.items():
@@ -576,7 +576,8 @@ def test_compose_defines_three_replicas_the_proxy_and_locust() -> None:
 def test_compose_publishes_on_loopback_only() -> None:
     services = _compose()["services"]
     published = {name: s.get("ports", []) for name, s in services.items() if s.get("ports")}
-    assert set(published) == {"proxy"}
-    for port in published["proxy"]:
-        assert isinstance(port, str) and port.startswith("127.0.0.1:"), port
+    assert set(published) == {"proxy", "postgres"}
+    for ports in published.values():
+        for port in ports:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), port
     assert {int(p.split(":")[-1]) for p in published["proxy"]} == {DATA_PORT, ADMIN_PORT}
