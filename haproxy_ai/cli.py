@@ -73,7 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--token", default=os.environ.get("HAPROXY_AI_ADMIN_TOKEN"), help="admin token (env HAPROXY_AI_ADMIN_TOKEN)"
     )
     avail.add_argument(
-        "--min-healthy", type=int, help="pool is up with at least this many healthy (default: the proxy's, or 1)"
+        "--min-healthy",
+        type=int,
+        help="pool is up with at least this many healthy (default 1; with no model flag, --admin shows "
+        "the proxy's own report, computed with its settings)",
     )
     avail.add_argument("--crews", type=int, help="repairs at a time (0 = independent)")
     avail.add_argument("--target", type=float, help="target availability for the what-if (default 0.9999)")

@@ -114,7 +114,8 @@ class _Parser:
                 continue
             if not backend.name:
                 parts = urlsplit(backend.url)
-                backend = dataclasses.replace(backend, name=f"{parts.hostname}:{parts.port or 80}")
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                backend = dataclasses.replace(backend, name=f"{parts.hostname}:{port}")
             if backend.name in seen:
                 self.error(
                     f"{sub}.name", f"duplicate backend name {backend.name!r} (also backends[{seen[backend.name]}])"
