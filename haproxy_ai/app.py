@@ -414,6 +414,9 @@ class Proxy:
             response = await self.pipeline(request, ctx)
         except ProxyError as exc:
             ctx.upstream_wait = clock.monotonic() - started
+            # From here the response is ours to finish: neither the deadline nor the disconnect
+            # watcher may start another one.
+            state.started = state.complete = True
             await self._error(send, exc, ctx.request_id, ctx.received, ctx=ctx)
             return
         # Everything inside the pipeline (queueing, attempts, retries, hedges) is "upstream";
@@ -423,7 +426,8 @@ class Proxy:
         try:
             out = _response_headers(response.headers)
             out.append((b"x-request-id", ctx.request_id.encode("latin-1")))
-            backend = ctx.attempts[-1].backend
+            answered = response.attempt or ctx.attempts[-1]  # with hedging, not always the last one
+            backend = answered.backend
             if self._backend_header:
                 out.append((b"x-haproxy-ai-backend", backend.name.encode("latin-1")))
                 out.append((b"x-haproxy-ai-attempts", b"%d" % len(ctx.attempts)))
@@ -466,7 +470,7 @@ class Proxy:
             await response.aclose()
         self.metrics.response(status, clock.monotonic() - ctx.received)
         if self._access_log:
-            self._log_access(request, ctx, status)
+            self._log_access(request, ctx, status, answered.backend.name)
 
     async def _error(
         self,
@@ -499,9 +503,8 @@ class Proxy:
         if status >= 500:
             log.warning("request %s: %s -> %d", request_id, exc.message, status)
 
-    def _log_access(self, request: ProxyRequest, ctx: RequestContext, status: int) -> None:
+    def _log_access(self, request: ProxyRequest, ctx: RequestContext, status: int, backend: str) -> None:
         # Method, path, status, backend and timings only: never headers or bodies (secrets).
-        attempt = ctx.attempts[-1] if ctx.attempts else None
         access_log.info(
             '%s %s "%s %s" %d backend=%s duration_ms=%.1f',
             ctx.request_id,
@@ -509,7 +512,7 @@ class Proxy:
             request.method,
             request.target.split("?", 1)[0],
             status,
-            attempt.backend.name if attempt else "-",
+            backend,
             (self.clock.monotonic() - ctx.received) * 1000,
         )
 

@@ -39,6 +39,7 @@ class RequestContext:
     deadline_hit: bool = False
     priority: int = 1  # 0 high, 1 normal, 2 low
     opt_out: bool = False  # the client asked for no retries or hedges
+    hedge_seen: bool = False  # the hedge stage counted this request (once, however often it is retried)
 
     @property
     def tried(self) -> list[Backend]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .backends import Backend
-    from .context import RequestContext
+    from .context import AttemptRecord, RequestContext
     from .outcome import Outcome
 
 __all__ = ["Handler", "OutcomeSink", "ProxyRequest", "UpstreamResponse"]
@@ -38,6 +38,9 @@ class UpstreamResponse(Protocol):
 
     status: int
     headers: list[tuple[bytes, bytes]]
+    # The attempt that produced this response (None below the attempt stage), so the response
+    # headers and logs name the backend that actually answered, whatever hedges happened.
+    attempt: AttemptRecord | None
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 

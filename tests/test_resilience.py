@@ -250,3 +250,47 @@ def test_remaining_deadline_is_forwarded_when_configured(stack: Stack) -> None:
     echo = httpx.get(proxy.url + "/_echo", headers={"x-request-timeout": "20s"}, trust_env=False).json()
     forwarded = float(dict((k.lower(), v) for k, v in echo["headers"])["x-deadline"])
     assert 19.0 < forwarded <= 20.0
+
+
+def test_hedge_races_under_deadlines_leak_no_in_flight_slot(stack: Stack) -> None:
+    # Answers that lose a race, fallbacks superseded by a deadline, and hedges cancelled mid-flight
+    # must all be closed: an in-flight count that never returns to 0 starves a backend for good.
+    flaky = stack.backend(latency=0.08, error_rate=0.5, error_status=503, seed=3)
+    hung = stack.backend()
+    hung.set_fault("hang")
+    fine = stack.backend(latency=0.12, seed=4)
+    proxy = stack.proxy(
+        _named([flaky, hung, fine]),
+        hedge={"enabled": True, "delay": "30ms", "budget": {"ratio": 1.0, "min_per_second": 100}},
+        health={"active": {"enabled": False}, "passive": {"enabled": False}},
+    )
+
+    def one(i: int) -> int:
+        with client(proxy.url, timeout=5) as c:
+            headers = {"x-request-timeout": f"{100 + 20 * (i % 5)}ms"}
+            return c.post("/v1/chat/completions", json=CHAT, headers=headers).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(one, range(40)))
+    assert set(statuses) <= {200, 503, 504}, statuses
+    backends = lambda: httpx.get(proxy.admin_url + "/admin/backends", trust_env=False).json()["backends"]  # noqa: E731
+    wait_for(lambda: [b["in_flight"] for b in backends()] == [0, 0, 0])
+    assert _sample(_metrics(proxy), "haproxy_ai_hedges_total", result="fired") > 0
+
+
+def test_backend_header_names_the_hedge_winner(stack: Stack) -> None:
+    # The first attempt is slower than the hedge delay but still wins against a slower hedge:
+    # the answer comes from the first backend, not from the last one tried.
+    first = stack.backend(latency=0.15)
+    slower = stack.backend(latency=2.0)
+    proxy = stack.proxy(
+        _named([first, slower]),
+        balancer={"type": "round_robin"},
+        hedge={"enabled": True, "delay": "50ms"},
+        health={"active": {"enabled": False}, "passive": {"enabled": False}},
+    )
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, trust_env=False)
+    assert r.status_code == 200
+    assert r.headers["x-haproxy-ai-attempts"] == "2" and r.headers["x-haproxy-ai-backend"] == "b0"
+    wait_for(lambda: _stats(slower)["cancelled"] == 1)  # the losing hedge was stopped
+    assert 'outcome="cancelled"' in _metrics(proxy)  # and not counted as a success or a failure

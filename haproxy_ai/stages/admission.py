@@ -75,12 +75,13 @@ class Admission:
 
 
 class _Admitted:
-    __slots__ = ("_admission", "_closed", "_inner", "headers", "status")
+    __slots__ = ("_admission", "_closed", "_inner", "attempt", "headers", "status")
 
     def __init__(self, inner: UpstreamResponse, admission: Admission) -> None:
         self._inner = inner
         self._admission = admission
         self._closed = False
+        self.attempt = inner.attempt
         self.status = inner.status
         self.headers = inner.headers
 

@@ -102,6 +102,7 @@ class _TrackedResponse:
         "_record",
         "_stall_handle",
         "_stalled",
+        "attempt",
         "headers",
         "status",
     )
@@ -120,6 +121,7 @@ class _TrackedResponse:
         self._last_chunk = 0.0
         self._stalled = False
         self._abandoned = False
+        self.attempt: AttemptRecord | None = record
         self._stall_handle: asyncio.TimerHandle | None = None
         self.status = inner.status
         self.headers = inner.headers
@@ -141,6 +143,8 @@ class _TrackedResponse:
                         self._attempt._on_first_byte(self._first_byte)
                 self._last_chunk = now
                 yield chunk
+                # Time the client took to want the next chunk is not the replica stalling.
+                self._last_chunk = clock.monotonic()
         except ProxyError as exc:
             self._error = exc
             raise
@@ -187,7 +191,8 @@ class _TrackedResponse:
             retry_after = None
             if self.status in (429, 503):
                 retry_after = retry_after_seconds(self.headers, self._clock.time())
-            attempt._sink.record(record.backend, outcome, first_byte=self._first_byte, retry_after=retry_after)
+            if not (self._stalled and outcome.is_failure):  # a stall was already reported for this attempt
+                attempt._sink.record(record.backend, outcome, first_byte=self._first_byte, retry_after=retry_after)
 
 
 def _cancelled(ctx: RequestContext) -> Outcome:

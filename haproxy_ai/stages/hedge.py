@@ -55,13 +55,17 @@ class Hedge:
         if ctx.opt_out or request.method not in self._methods:
             return await self._next(request, ctx)
         delay = self._delay.delay()
-        self._budget.deposit()
+        first_race = not ctx.hedge_seen
+        if first_race:  # once per request, not once per retry of it
+            ctx.hedge_seen = True
+            self._budget.deposit()
         if delay is None:  # not enough first-byte samples yet to know what "slow" is
             return await self._next(request, ctx)
         tasks = [asyncio.ensure_future(self._to_first_byte(request, ctx))]
         hedges_left = self._max_hedges
         winner: _Peeked | None = None
         fallback: _Peeked | None = None
+        returned: _Peeked | None = None
         last_error: BaseException | None = None
         would_hedge: bool | None = None
         try:
@@ -74,7 +78,8 @@ class Hedge:
                 if not done:  # the delay passed without a first byte: hedge
                     if would_hedge is None:
                         would_hedge = True
-                        self._guard.record(would_hedge=True)
+                        if first_race:
+                            self._guard.record(would_hedge=True)
                     if self._may_hedge(ctx):
                         hedges_left -= 1
                         self._metrics.hedges.labels("fired").inc()
@@ -94,33 +99,35 @@ class Hedge:
                             self._metrics.hedges.labels("won").inc()
                     elif fallback is None:
                         fallback = peeked
-                    else:
-                        await peeked.aclose(abandoned=True)
-            if would_hedge is None:
+            if would_hedge is None and first_race:
                 self._guard.record(would_hedge=False)
-            if winner is not None:
-                if fallback is not None:
-                    await fallback.aclose(abandoned=True)
-                return winner
-            if fallback is not None:
-                return fallback
-            assert last_error is not None
-            raise last_error
+            returned = winner if winner is not None else fallback
+            if returned is None:
+                assert last_error is not None
+                raise last_error
+            return returned
         finally:
-            # Losers: cancel those still waiting (their connections close, so the replicas stop
-            # generating) and close those that already answered.
+            # Everything not handed out is closed here, on every path (a cancellation included):
+            # losers still waiting are cancelled (their connections close, so those replicas stop
+            # generating) and answers that lost, or were superseded, are closed.
             losers = [t for t in tasks if not t.done()]
             for task in losers:
                 task.cancel()
                 self._metrics.hedges.labels("cancelled").inc()
-            if losers:
-                await asyncio.wait(losers)  # raises nothing of theirs; our own cancellation still propagates
-            for task in tasks:
-                if task.cancelled() or task.exception() is not None:
-                    continue
-                peeked = task.result()
-                if peeked is not winner and peeked is not fallback:
-                    await peeked.aclose(abandoned=True)
+            try:
+                if losers:
+                    await asyncio.wait(losers)  # raises nothing of theirs
+            except asyncio.CancelledError:
+                # We were cancelled while cleaning up: what we meant to return goes nowhere now.
+                if returned is not None:
+                    await returned.aclose(abandoned=True)
+                raise
+            finally:
+                for task in tasks:
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        peeked = task.result()
+                        if peeked is not returned:
+                            await peeked.aclose(abandoned=True)
 
     def _usable(self, status: int) -> bool:
         return self._retry_policy.condition(classify_status(status), status) is None
@@ -142,6 +149,10 @@ class Hedge:
         iterator = response.chunks().__aiter__()
         try:
             first = await anext(iterator, b"")
+        except asyncio.CancelledError:
+            # Cancelled by the race (not by the client or the deadline): a loser, not a failure.
+            await response.aclose(abandoned=not (ctx.client_gone or ctx.deadline_hit))
+            raise
         except BaseException:
             await response.aclose()
             raise
@@ -151,12 +162,13 @@ class Hedge:
 class _Peeked:
     """A response whose first body chunk was already read (to decide the race)."""
 
-    __slots__ = ("_first", "_inner", "_iterator", "headers", "status")
+    __slots__ = ("_first", "_inner", "_iterator", "attempt", "headers", "status")
 
     def __init__(self, inner: UpstreamResponse, iterator: AsyncIterator[bytes], first: bytes) -> None:
         self._inner = inner
         self._iterator = iterator
         self._first = first
+        self.attempt = inner.attempt
         self.status = inner.status
         self.headers = inner.headers
 

@@ -10,6 +10,7 @@ from yarl import URL
 
 from ..backends import Backend
 from ..clock import Clock
+from ..context import AttemptRecord
 from ..errors import ConnectFailed, ConnectTimeout, ProxyError, UpstreamReset
 from ..settings import TimeoutSettings, UpstreamSettings
 from ..types import ProxyRequest
@@ -118,13 +119,14 @@ def _reset(backend: Backend, exc: BaseException, when: str) -> ProxyError:
 
 
 class _Response:
-    __slots__ = ("_backend", "_done", "_resp", "_timeouts", "headers", "status")
+    __slots__ = ("_backend", "_done", "_resp", "_timeouts", "attempt", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, backend: Backend, timeouts: AttemptTimeouts) -> None:
         self._resp = resp
         self._backend = backend
         self._timeouts = timeouts
         self._done = False
+        self.attempt: AttemptRecord | None = None  # set by the attempt stage's wrapper, not here
         self.status = resp.status
         self.headers = list(resp.raw_headers)
 

@@ -9,6 +9,7 @@ import httpx
 
 from ..backends import Backend
 from ..clock import Clock
+from ..context import AttemptRecord
 from ..errors import ConnectFailed, ConnectTimeout, UpstreamReset
 from ..settings import TimeoutSettings, UpstreamSettings
 from ..types import ProxyRequest
@@ -86,12 +87,13 @@ def _set_raw_target(req: httpx.Request, target: str) -> None:
 
 
 class _Response:
-    __slots__ = ("_backend", "_resp", "_timeouts", "headers", "status")
+    __slots__ = ("_backend", "_resp", "_timeouts", "attempt", "headers", "status")
 
     def __init__(self, resp: httpx.Response, backend: Backend, timeouts: AttemptTimeouts) -> None:
         self._resp = resp
         self._backend = backend
         self._timeouts = timeouts
+        self.attempt: AttemptRecord | None = None  # set by the attempt stage's wrapper, not here
         self.status = resp.status_code
         self.headers = list(resp.headers.raw)
 
