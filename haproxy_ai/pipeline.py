@@ -95,6 +95,8 @@ def build_pipeline(
             registry=registry,
             clock=clock,
             metrics=metrics,
+            # The longest pause a replica may impose on a request is the cooldown cap it gets.
+            max_wait=settings.health.passive.max_cooldown,
         )
     if limits.max_in_flight:
         global_queue = PriorityWaitQueue(limits.max_queue)

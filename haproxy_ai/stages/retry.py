@@ -33,8 +33,10 @@ class Retry:
         registry: Registry,
         clock: Clock,
         metrics: Metrics,
+        max_wait: float = 60.0,
     ) -> None:
         self._next = next
+        self._max_wait = max_wait  # never hold a request longer than this for one Retry-After
         self._policy = policy
         self._budget = budget
         self._registry = registry
@@ -77,8 +79,8 @@ class Retry:
             delay = decision.delay
             if decision.retry and retry_after is not None and not self._untried_left(ctx):
                 # Only backends already tried are left, and this one asked for a pause: wait it
-                # out if the deadline allows, else hand the client the replica's answer.
-                if retry_after >= ctx.deadline - now:
+                # out if the deadline (and max_wait) allows, else hand the client the replica's answer.
+                if retry_after >= min(ctx.deadline - now, self._max_wait):
                     decision = decision.__class__(False, 0.0, "deadline")
                 else:
                     delay = max(delay, retry_after)
