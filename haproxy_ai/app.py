@@ -33,8 +33,9 @@ from .errors import (
 from .health import HealthSupervisor
 from .metrics import Metrics
 from .pipeline import build_pipeline
+from .policies import PRIORITIES
 from .settings import Settings, parse_duration
-from .types import Handler, ProxyRequest
+from .types import Handler, ProxyRequest, content_length
 from .upstream import Upstream, make_upstream
 
 __all__ = ["Proxy", "build_proxy"]
@@ -75,7 +76,7 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-haproxy-ai-backend", b"x-request-id"}
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_PRIORITY = {b"high": 0, b"normal": 1, b"low": 2}
+_PRIORITY = {name.encode(): number for name, number in PRIORITIES.items()}
 _WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to disconnect
 
 
@@ -445,7 +446,7 @@ class Proxy:
             self.metrics.overhead.observe(overhead)
             # With a declared length, the chunk that completes the body is sent as the final
             # message (one send instead of two on the common small-response path).
-            remaining = _content_length(response.headers)
+            remaining = content_length(response.headers)
             try:
                 async for chunk in response.chunks():
                     if remaining is not None:
@@ -531,13 +532,6 @@ def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         # Fields named in Connection are hop-by-hop for this hop only (RFC 9110 §7.6.1).
         out = [(k, v) for k, v in out if k.lower() not in named]
     return out
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
 
 
 def build_proxy(settings: Settings, **kwargs: Any) -> Proxy:

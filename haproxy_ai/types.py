@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .context import AttemptRecord, RequestContext
     from .outcome import Outcome
 
-__all__ = ["Handler", "OutcomeSink", "ProxyRequest", "UpstreamResponse"]
+__all__ = ["Handler", "OutcomeSink", "ProxyRequest", "UpstreamResponse", "content_length"]
 
 
 @dataclass(slots=True)
@@ -68,3 +68,11 @@ class OutcomeSink(Protocol):
     def stalled(self, backend: Backend) -> None:
         """A response body went silent for the configured stall timeout after its headers."""
         ...
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared body length of a response, or None for an open-ended (streamed) body."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from .backend import Backend
@@ -24,6 +24,10 @@ class BackendSnapshot:
     routable: tuple[Backend, ...]
     weights: tuple[float, ...]
     panic: bool = False
+
+    def has_untried(self, tried: Collection[Backend]) -> bool:
+        """Whether a routable backend is left that is not in ``tried`` (for retries and hedges)."""
+        return any(b not in tried for b in self.routable)
 
 
 class Registry:

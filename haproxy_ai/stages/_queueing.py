@@ -6,11 +6,11 @@ from ..clock import Clock
 from ..context import RequestContext
 from ..errors import Overloaded
 from ..metrics import Metrics
-from ..policies import PriorityWaitQueue, QueueTimeout, Shed
+from ..policies import PRIORITIES, PriorityWaitQueue, QueueTimeout, Shed
 
 __all__ = ["wait_for_capacity"]
 
-_NAMES = ("high", "normal", "low")
+_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 
 async def wait_for_capacity(

@@ -11,7 +11,7 @@ from ..context import AttemptRecord, RequestContext
 from ..errors import ProxyError
 from ..metrics import Metrics
 from ..outcome import Outcome, classify_error, classify_status, retry_after_seconds
-from ..types import OutcomeSink, ProxyRequest, UpstreamResponse
+from ..types import OutcomeSink, ProxyRequest, UpstreamResponse, content_length
 from ..upstream import AttemptTimeouts, Upstream
 
 __all__ = ["Attempt"]
@@ -90,7 +90,6 @@ class _TrackedResponse:
     the body for a stall (no bytes for ``stall_timeout``) with one re-armed timer."""
 
     __slots__ = (
-        "_abandoned",
         "_attempt",
         "_clock",
         "_closed",
@@ -118,9 +117,8 @@ class _TrackedResponse:
         self._closed = False
         self._error: ProxyError | None = None
         self._first_byte: float | None = None
-        self._last_chunk = 0.0
+        self._last_chunk: float | None = 0.0
         self._stalled = False
-        self._abandoned = False
         self.attempt: AttemptRecord | None = record
         self._stall_handle: asyncio.TimerHandle | None = None
         self.status = inner.status
@@ -131,19 +129,23 @@ class _TrackedResponse:
         stall = self._attempt._stall
         # Only open-ended bodies (streams: no Content-Length) are watched for stalls; a sized
         # body is bounded by the idle timeout and does not pay for a timer.
-        if stall is not None and not _has_length(self.headers):
+        if stall is not None and content_length(self.headers) is None:
             self._last_chunk = clock.monotonic()
             self._stall_handle = asyncio.get_running_loop().call_later(stall, self._check_stall)
+        watching = self._stall_handle is not None
         try:
             async for chunk in self._inner.chunks():
-                now = clock.monotonic()
                 if self._first_byte is None:
-                    self._first_byte = now - self._record.started
+                    self._first_byte = clock.monotonic() - self._record.started
                     if self._attempt._on_first_byte is not None:
                         self._attempt._on_first_byte(self._first_byte)
-                self._last_chunk = now
+                if not watching:
+                    yield chunk
+                    continue
+                # Silence is measured only while waiting on the replica: the time the client
+                # takes to want the next chunk is not the replica stalling.
+                self._last_chunk = None
                 yield chunk
-                # Time the client took to want the next chunk is not the replica stalling.
                 self._last_chunk = clock.monotonic()
         except ProxyError as exc:
             self._error = exc
@@ -155,6 +157,9 @@ class _TrackedResponse:
     def _check_stall(self) -> None:
         stall = self._attempt._stall
         assert stall is not None
+        if self._last_chunk is None:  # the client is busy with the last chunk: not a stall
+            self._stall_handle = asyncio.get_running_loop().call_later(stall, self._check_stall)
+            return
         silent = self._clock.monotonic() - self._last_chunk
         if silent >= stall:
             if not self._stalled:  # report each stalled attempt once
@@ -201,7 +206,3 @@ def _cancelled(ctx: RequestContext) -> Outcome:
     if ctx.deadline_hit:
         return Outcome.TOTAL_TIMEOUT
     return Outcome.CLIENT_GONE if ctx.client_gone else Outcome.CANCELLED
-
-
-def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(len(name) == 14 and name.lower() == b"content-length" for name, _ in headers)

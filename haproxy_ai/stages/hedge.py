@@ -133,8 +133,7 @@ class Hedge:
         return self._retry_policy.condition(classify_status(status), status) is None
 
     def _may_hedge(self, ctx: RequestContext, *, spend: bool = True) -> bool:
-        tried = {a.backend for a in ctx.attempts}
-        if not any(b not in tried for b in self._registry.snapshot().routable):
+        if not self._registry.snapshot().has_untried({a.backend for a in ctx.attempts}):
             return False
         if not self._guard.allows():
             self._metrics.hedges.labels("brownout").inc()

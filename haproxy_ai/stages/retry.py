@@ -98,5 +98,4 @@ class Retry:
                 await asyncio.sleep(delay)
 
     def _untried_left(self, ctx: RequestContext) -> bool:
-        tried = {a.backend for a in ctx.attempts}
-        return any(b not in tried for b in self._registry.snapshot().routable)
+        return self._registry.snapshot().has_untried({a.backend for a in ctx.attempts})
