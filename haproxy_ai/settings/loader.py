@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, ConfigIssue
-from .schema import SECTIONS, BackendSettings, Settings
+from .schema import SECTIONS, BackendSettings, MirrorSettings, Settings, SinkSettings
 from .values import format_delay, format_duration, format_size, format_statuses, parse_scalar
 
 __all__ = [
@@ -70,6 +70,8 @@ class _Parser:
                 # from its class (hedge.budget is smaller than retry.budget).
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
                 values[f.name] = self.section(f.metadata["cls"], raw, sub, base=default)
+            elif kind == "sinks":
+                values[f.name] = self.sinks(raw, sub)
             elif kind == "overrides":
                 values[f.name] = tuple(self.partial(f.metadata["cls"], raw, sub).items())
             else:
@@ -124,6 +126,57 @@ class _Parser:
             seen[backend.name] = i
             result.append(backend)
         return tuple(result)
+
+    def sinks(self, data: Any, path: str) -> tuple[SinkSettings, ...]:
+        if data is None:
+            return ()
+        if not isinstance(data, Sequence) or isinstance(data, str | bytes):
+            self.error(path, "must be a list like [{type: postgres, dsn: ...}, {type: file, dir: ...}]")
+            return ()
+        result: list[SinkSettings] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(data):
+            sub = f"{path}[{i}]"
+            before = len(self.issues)
+            sink = self.section(SinkSettings, item, sub)
+            if len(self.issues) > before:
+                continue
+            given = set(item) if isinstance(item, Mapping) else set()
+            if not sink.type:
+                self.error(f"{sub}.type", "is required: file or postgres")
+                continue
+            only = {"file": {"dir", "compress"}, "postgres": {"dsn", "table", "connect_timeout", "statement_timeout"}}
+            for other, keys in only.items():
+                for key in sorted(keys & given) if other != sink.type else ():
+                    self.error(f"{sub}.{key}", f"applies to {other} sinks, not {sink.type}")
+            if sink.type == "file" and not sink.dir:
+                self.error(f"{sub}.dir", "is required for a file sink")
+            if sink.type == "postgres" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", sink.table):
+                self.error(f"{sub}.table", f"{sink.table!r} is not a plain SQL identifier")
+            name = sink.name or sink.type
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                self.error(f"{sub}.name", f"{name!r}: use letters, digits, '_', '.' or '-'")
+            elif name in seen:
+                self.error(f"{sub}.name", f"duplicate sink name {name!r} (also {path}[{seen[name]}]); set name:")
+            else:
+                seen[name] = i
+                result.append(dataclasses.replace(sink, name=name))
+        return tuple(result)
+
+    def check_mirror(self, mirror: MirrorSettings) -> None:
+        for i, pattern in enumerate(mirror.redact.patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                self.error(f"mirror.redact.patterns[{i}]", f"invalid regex {pattern!r}: {exc}")
+        for key in ("paths", "exclude_paths"):
+            for i, prefix in enumerate(getattr(mirror, key)):
+                if not prefix.startswith("/"):
+                    self.error(f"mirror.{key}[{i}]", f"must start with '/', got {prefix!r}")
+        if not mirror.spool_dir:
+            self.error("mirror.spool_dir", "is required")
+        if mirror.segment_max_bytes * 2 > mirror.spool_max_bytes:
+            self.error("mirror.spool_max_bytes", "must hold at least two segments (2 x mirror.segment_max_bytes)")
 
 
 def _check_url(url: str) -> str | None:
@@ -181,6 +234,7 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
             hint = _closest(str(key), {**SECTIONS, "backends": None})
             parser.error(str(key), "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
     settings = Settings(**sections)
+    parser.check_mirror(settings.mirror)
     has_backend_errors = any(i.path.startswith("backends") for i in parser.issues)
     if require_backends and not settings.backends and not has_backend_errors:
         parser.error("backends", "at least one backend is required (config file, --backend or HAPROXY_AI_BACKENDS)")
@@ -378,7 +432,7 @@ def _format_value(kind: str | None, value: Any) -> Any:
         return format_statuses(value)
     if kind == "delay":
         return format_delay(value)
-    if kind == "words":
+    if kind in ("words", "strings"):
         return list(value)
     if kind == "secret":
         return "<redacted>" if value else ""

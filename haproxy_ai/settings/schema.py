@@ -18,8 +18,11 @@ __all__ = [
     "HedgeSettings",
     "LimitSettings",
     "ListenSettings",
+    "MirrorSettings",
     "PassiveSettings",
+    "RedactSettings",
     "Settings",
+    "SinkSettings",
     "StatusRanges",
     "TimeoutSettings",
     "UpstreamSettings",
@@ -219,6 +222,78 @@ class AvailabilitySettings:
     target: float = _f(0.9999, "float", "availability target for the replicas-needed what-if", gt=0, max=1)
 
 
+_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key")
+_SECRET_PARAMS = ("key", "api_key", "api-key", "apikey", "access_token", "token", "sig", "signature")
+# Well-known credential shapes: OpenAI/Anthropic-style keys, bearer tokens, AWS access key ids,
+# Hugging Face and GitHub tokens, Google API keys.
+_SECRET_PATTERNS = (
+    r"\bsk-[A-Za-z0-9_-]{16,}",
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"\bAKIA[0-9A-Z]{16}\b",
+    r"\bhf_[A-Za-z0-9]{30,}",
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}",
+    r"\bAIza[0-9A-Za-z_-]{35}",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedactSettings:
+    headers: tuple[str, ...] = _f(_SECRET_HEADERS, "strings", "header values replaced (case-insensitive names)")
+    query_params: tuple[str, ...] = _f(_SECRET_PARAMS, "strings", "query parameter values replaced")
+    body_fields: tuple[str, ...] = _f(
+        (), "strings", "JSON body fields replaced, as dotted paths with * wildcards (user, metadata.*.token)"
+    )
+    patterns: tuple[str, ...] = _f(_SECRET_PATTERNS, "strings", "regexes replaced wherever they appear")
+    replacement: str = _f("[REDACTED]", "str", "what a redacted value becomes")
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    type: str = _f("", "choice", "file or postgres", choices=("file", "postgres"))
+    name: str = _f("", "str", "unique name, used for its checkpoint and metrics (default: the type)")
+    dir: str = _f("", "str", "file: directory that receives closed segments (e.g. a backup volume)")
+    compress: bool = _f(True, "bool", "file: gzip the segments it writes")
+    dsn: str = _f("", "secret", "postgres: connection string (or libpq PG* env vars)")
+    table: str = _f("haproxy_ai_requests", "str", "postgres: table, created when missing")
+    batch_size: int = _f(500, "int", "records per delivery", min=1, max=100_000)
+    connect_timeout: float = _f(5.0, "duration", "postgres: connecting", gt=0)
+    statement_timeout: float = _f(10.0, "duration", "postgres: one batch insert", gt=0)
+    max_backoff: float = _f(30.0, "duration", "longest wait between retries while the sink is down", gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    enabled: bool = _f(False, "bool", "record every request/response to the spool (and sinks)")
+    spool_dir: str = _f("haproxy-ai-spool", "str", "local spool directory: segment files of JSON lines")
+    instance: str = _f("", "str", "this proxy's name in records (default: hostname)")
+    sample_rate: float = _f(1.0, "float", "fraction of requests recorded", min=0, max=1)
+    paths: tuple[str, ...] = _f(("/",), "strings", "record only requests whose path starts with one of these")
+    exclude_paths: tuple[str, ...] = _f((), "strings", "never record requests whose path starts with one of these")
+    max_request_body: int = _f(1024 * 1024, "size", "request body bytes kept per record", min=0)
+    max_response_body: int = _f(1024 * 1024, "size", "response body bytes kept per record", min=0)
+    queue_size: int = _f(10_000, "int", "records waiting for the spool writer", min=1)
+    queue_max_bytes: int = _f(64 * 1024 * 1024, "size", "body bytes waiting for the spool writer", min=1)
+    on_queue_full: str = _f("drop", "choice", "drop (never slow requests) or block", choices=("drop", "block"))
+    fsync_interval: float = _f(0.2, "duration", "longest time a spooled record waits for fsync", gt=0)
+    segment_max_bytes: int = _f(64 * 1024 * 1024, "size", "rotate the open segment at this size", min=4096)
+    segment_max_age: float = _f(60.0, "duration", "... or at this age, so file sinks receive it", gt=0)
+    spool_max_bytes: int = _f(1024 * 1024 * 1024, "size", "bound on the spool's disk use", min=65536)
+    on_spool_full: str = _f(
+        "drop_newest",
+        "choice",
+        "drop_newest or drop_oldest (unshipped) records",
+        choices=("drop_newest", "drop_oldest"),
+    )
+    retention: float = _f(
+        0.0, "duration", "keep segments this long after every sink has them (0 = delete at once)", min=0
+    )
+    flush_timeout: float = _f(5.0, "duration", "on shutdown, how long sinks may take to catch up", min=0)
+    redact: RedactSettings = _section(RedactSettings, "secrets removed from every record, log and error")
+    sinks: tuple[SinkSettings, ...] = field(
+        default=(), metadata={"kind": "sinks", "doc": "where spooled records are shipped: [{type: postgres, dsn: ...}]"}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: ListenSettings = field(default_factory=ListenSettings)
@@ -232,6 +307,7 @@ class Settings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     hedge: HedgeSettings = field(default_factory=HedgeSettings)
     availability: AvailabilitySettings = field(default_factory=AvailabilitySettings)
+    mirror: MirrorSettings = field(default_factory=MirrorSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -245,4 +321,5 @@ SECTIONS: dict[str, type[Any]] = {
     "retry": RetrySettings,
     "hedge": HedgeSettings,
     "availability": AvailabilitySettings,
+    "mirror": MirrorSettings,
 }

@@ -193,6 +193,20 @@ def parse_words(value: Any, choices: tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(result)
 
 
+def parse_strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (a single string is a one-item list; it is never split)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__}")
+    result: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"expected non-empty strings, got {item!r}")
+        if item not in result:
+            result.append(item)
+    return tuple(result)
+
+
 def parse_delay(value: Any) -> tuple[str, float]:
     """``200ms`` -> ("fixed", 0.2); ``p95`` -> ("percentile", 95.0)."""
     if isinstance(value, str) and value.strip().lower().startswith("p"):
@@ -232,6 +246,8 @@ def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
         result = parse_statuses(value)
     elif kind == "words":
         result = parse_words(value, meta.get("choices"))
+    elif kind == "strings":
+        result = parse_strings(value)
     elif kind == "delay":
         result = parse_delay(value)
     elif kind == "path":
