@@ -28,10 +28,14 @@ from .errors import (
     Overloaded,
     ProxyError,
     TotalTimeout,
+    UpstreamReset,
     error_body,
 )
 from .health import HealthSupervisor
 from .metrics import Metrics
+from .mirror.record import Exchange
+from .mirror.redact import Redactor
+from .mirror.service import Mirror
 from .pipeline import build_pipeline
 from .policies import PRIORITIES
 from .settings import Settings, parse_duration
@@ -80,6 +84,11 @@ _PRIORITY = {name.encode(): number for name, number in PRIORITIES.items()}
 _WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to disconnect
 
 
+# Request facts from the one header pass: host, x-forwarded-for, content-length, priority,
+# retry opt-out, deadline header.
+_Parsed = tuple[bytes | None, bytes | None, bytes | None, int, bool, bytes | None]
+
+
 class _ClientGone(Exception):
     pass
 
@@ -88,12 +97,15 @@ class _State:
     """Per-request flags shared between the request task and its two timers: the deadline and
     the (lazily started) disconnect watcher."""
 
-    __slots__ = ("_ctx", "_receive", "_task", "_watcher", "complete", "started", "status", "timed_out")
+    __slots__ = ("_ctx", "_receive", "_task", "_watcher", "complete", "exchange", "started", "status", "timed_out")
 
-    def __init__(self, task: asyncio.Task[Any], ctx: RequestContext, receive: Receive) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], ctx: RequestContext, receive: Receive, exchange: Exchange | None
+    ) -> None:
         self._task = task
         self._ctx = ctx
         self._receive = receive
+        self.exchange = exchange
         self._watcher: asyncio.Task[None] | None = None
         self.complete = False  # the final body message is being sent
         self.started = False  # response headers went to the client
@@ -144,6 +156,13 @@ class Proxy:
             Backend(b.name, b.url, b.weight, BackendStats(settings.balancer.ewma_decay)) for b in settings.backends
         )
         self.metrics = Metrics()
+        # One redaction function for records, logs, admin output and error messages.
+        self.redactor = Redactor.from_settings(settings.mirror.redact)
+        self.mirror = (
+            Mirror(settings.mirror, registry=self.metrics.registry, clock=self.clock, rng=rng, redactor=self.redactor)
+            if settings.mirror.enabled
+            else None
+        )
         self.health = HealthSupervisor(
             settings.health,
             self.registry,
@@ -186,6 +205,8 @@ class Proxy:
 
     async def startup(self) -> None:
         if not self.started:
+            if self.mirror is not None:
+                await self.mirror.start()  # first: a spool that cannot be used stops the start
             await self.upstream.start()
             await self.health.start()
             self.started = True
@@ -194,6 +215,9 @@ class Proxy:
         if self.started:
             await self.health.stop()
             await self.upstream.aclose()
+            if self.mirror is not None:
+                # Last: every request has finished and offered its record by now.
+                await self.mirror.close()
             self.started = False
 
     def load_source(self) -> Settings:
@@ -213,7 +237,7 @@ class Proxy:
         changes = self.health.reconfigure(settings.backends, settings.balancer.ewma_decay)
         restart = [
             name
-            for name in ("listen", "admin", "balancer", "upstream", "timeouts", "limits", "health")
+            for name in ("listen", "admin", "balancer", "upstream", "timeouts", "limits", "health", "mirror")
             if getattr(settings, name) != getattr(self.settings, name)
         ]
         if restart:
@@ -297,27 +321,72 @@ class Proxy:
             else f"{self._id_prefix}{next(self._ids):016x}"
         )
 
+        parsed: _Parsed = (host, forwarded_for, declared_length, priority, opt_out, deadline_value)
+        client = scope.get("client")
+        peer = client[0] if client else None
+        mirror = self.mirror
+        exchange = None
+        if mirror is not None:
+            exchange = mirror.begin(received, method, raw_path, scope.get("query_string", b""), scope["headers"], peer)
+            if exchange is not None:
+                exchange.request_id = rid
+        try:
+            await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, exchange, parsed)
+        finally:
+            if exchange is not None:
+                # Exactly one record per request, however it ended.
+                assert mirror is not None
+                exchange.done = clock.monotonic()
+                if exchange.status == 0:
+                    exchange.status = 499 if exchange.ended == "client_aborted" else 500
+                if not mirror.offer(exchange) and mirror.blocking:
+                    await mirror.put(exchange)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[str, str]],
+        rid: str,
+        received: float,
+        peer: str | None,
+        exchange: Exchange | None,
+        parsed: _Parsed,
+    ) -> None:
+        clock = self.clock
+        host, forwarded_for, declared_length, priority, opt_out, deadline_value = parsed
         if method == "CONNECT":
             await self._error(
-                send, InvalidRequest("CONNECT is not supported: this is a reverse proxy", status=405), rid, received
+                send,
+                InvalidRequest("CONNECT is not supported: this is a reverse proxy", status=405),
+                rid,
+                received,
+                exchange=exchange,
             )
             return
         if not raw_path.startswith(b"/"):
-            await self._error(send, InvalidRequest("request target must be an absolute path"), rid, received)
+            await self._error(
+                send, InvalidRequest("request target must be an absolute path"), rid, received, exchange=exchange
+            )
             return
 
         try:
             body = await self._read_body(receive, declared_length)
         except BodyTooLarge as exc:
-            await self._error(send, exc, rid, received, close=True)
+            await self._error(send, exc, rid, received, close=True, exchange=exchange)
             return
         except _ClientGone:
             self.metrics.client_disconnects.inc()
             self.metrics.response(499, clock.monotonic() - received)
+            if exchange is not None:
+                exchange.ended = "client_aborted"
             return
+        if exchange is not None:
+            exchange.request_body = body
 
-        client = scope.get("client")
-        peer = client[0] if client else None
         if peer is not None:
             headers.append(("x-forwarded-for", f"{forwarded_for.decode('latin-1')}, {peer}" if forwarded_for else peer))
         elif forwarded_for is not None:
@@ -340,7 +409,7 @@ class Proxy:
 
         task = asyncio.current_task()
         assert task is not None
-        state = _State(task, ctx, receive)
+        state = _State(task, ctx, receive, exchange)
         loop = asyncio.get_running_loop()
         # Watch for the client going away while we wait on or stream from the backend, so the
         # upstream request is cancelled and the replica stops generating. The watcher task
@@ -364,14 +433,18 @@ class Proxy:
             if deadline_handle is not None:
                 deadline_handle.cancel()
             state.stop_watcher()
+            if exchange is not None:
+                exchange.attempts = ctx.attempts
         if ctx.client_gone:
             self.metrics.client_disconnects.inc()
             self.metrics.response(499, clock.monotonic() - received)
+            if exchange is not None:
+                exchange.ended = "client_aborted"
 
     async def _deadline_exceeded(self, send: Send, ctx: RequestContext, state: _State) -> None:
         if not state.started:
             error = TotalTimeout(f"request exceeded its {ctx.deadline - ctx.received:g}s deadline")
-            await self._error(send, error, ctx.request_id, ctx.received, ctx=ctx)
+            await self._error(send, error, ctx.request_id, ctx.received, ctx=ctx, exchange=state.exchange)
         else:
             # Committed: end the stream abnormally (no final chunk) rather than look complete.
             log.warning(
@@ -381,6 +454,9 @@ class Proxy:
             )
             self.metrics.truncated.inc()
             self.metrics.response(state.status, self.clock.monotonic() - ctx.received)
+            if state.exchange is not None:
+                state.exchange.ended = "truncated"
+                state.exchange.error = f"deadline of {ctx.deadline - ctx.received:g}s exceeded mid-response"
 
     async def _read_body(self, receive: Receive, declared_length: bytes | None) -> bytes:
         limit = self._max_body
@@ -418,7 +494,7 @@ class Proxy:
             # From here the response is ours to finish: neither the deadline nor the disconnect
             # watcher may start another one.
             state.started = state.complete = True
-            await self._error(send, exc, ctx.request_id, ctx.received, ctx=ctx)
+            await self._error(send, exc, ctx.request_id, ctx.received, ctx=ctx, exchange=state.exchange)
             return
         # Everything inside the pipeline (queueing, attempts, retries, hedges) is "upstream";
         # the rest is the proxy's own overhead.
@@ -442,6 +518,10 @@ class Proxy:
                 )
             state.status = status
             state.started = True
+            exchange = state.exchange
+            if exchange is not None:
+                exchange.respond(status, out, clock.monotonic())
+                exchange.backend = backend.name
             await send({"type": "http.response.start", "status": status, "headers": out})
             self.metrics.overhead.observe(overhead)
             # With a declared length, the chunk that completes the body is sent as the final
@@ -449,6 +529,8 @@ class Proxy:
             remaining = content_length(response.headers)
             try:
                 async for chunk in response.chunks():
+                    if exchange is not None:
+                        exchange.add(chunk)
                     if remaining is not None:
                         remaining -= len(chunk)
                         if remaining <= 0:
@@ -463,6 +545,9 @@ class Proxy:
                 log.warning("request %s: %s; response truncated", ctx.request_id, exc.message)
                 self.metrics.truncated.inc()
                 self.metrics.response(status, clock.monotonic() - ctx.received)
+                if exchange is not None:
+                    exchange.ended = "upstream_reset" if isinstance(exc, UpstreamReset) else "truncated"
+                    exchange.error = exc.message
                 return
             if not state.complete:
                 state.complete = True
@@ -482,8 +567,10 @@ class Proxy:
         *,
         close: bool = False,
         ctx: RequestContext | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         status = exc.status
+        exc.message = self.redactor.message(exc.message)
         body = error_body(exc, request_id)
         headers = [
             *_JSON_HEADERS,
@@ -498,7 +585,13 @@ class Proxy:
             headers.append((b"x-haproxy-ai-backend", exc.backend.encode("latin-1")))
         if self._backend_header and ctx is not None and ctx.attempts:
             headers.append((b"x-haproxy-ai-attempts", b"%d" % len(ctx.attempts)))
+        if exchange is not None:
+            exchange.respond(status, headers, self.clock.monotonic())
+            exchange.backend = exc.backend
+            exchange.error = exc.message
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        if exchange is not None:
+            exchange.add(body)
         await send({"type": "http.response.body", "body": body, "more_body": False})
         self.metrics.response(status, self.clock.monotonic() - received)
         if status >= 500:

@@ -17,7 +17,7 @@ from .outcome import Outcome
 if TYPE_CHECKING:
     from .health.state import BackendHealth, State
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "MirrorMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
@@ -240,6 +240,64 @@ def _weight_of(health: _WeightSource, name: str) -> Callable[[], float]:
             return 0.0
 
     return read
+
+
+class MirrorMetrics:
+    """The mirror pipeline's metrics. Invariant once the queue is empty:
+    enqueued = spooled + dropped{queue_full, spool_full, spool_error}; and per sink,
+    spooled = shipped + pending + dropped{evicted}."""
+
+    def __init__(self, registry: CollectorRegistry, sinks: list[str]) -> None:
+        r = registry
+        self.enqueued = Counter(
+            "haproxy_ai_mirror_records_enqueued", "Records accepted into the mirror's memory queue.", registry=r
+        )
+        self.skipped = Counter(
+            "haproxy_ai_mirror_records_skipped",
+            "Requests not recorded on purpose, by reason (sampled, path).",
+            ["reason"],
+            registry=r,
+        )
+        self.spooled = Counter("haproxy_ai_mirror_records_spooled", "Records written to the spool.", registry=r)
+        self.shipped = Counter(
+            "haproxy_ai_mirror_records_shipped", "Records delivered to each sink.", ["sink"], registry=r
+        )
+        self.dropped = Counter(
+            "haproxy_ai_mirror_records_dropped",
+            "Records lost, by reason: queue_full, spool_full, spool_error, evicted (drop_oldest).",
+            ["reason"],
+            registry=r,
+        )
+        self.sink_errors = Counter(
+            "haproxy_ai_mirror_sink_errors", "Failed deliveries to each sink (retried).", ["sink"], registry=r
+        )
+        self.queue_depth = Gauge("haproxy_ai_mirror_queue_depth", "Records waiting for the spool writer.", registry=r)
+        self.spool_bytes = Gauge("haproxy_ai_mirror_spool_bytes", "Bytes in the spool's segments.", registry=r)
+        self.spool_segments = Gauge("haproxy_ai_mirror_spool_segments", "Segment files in the spool.", registry=r)
+        self.pending = Gauge(
+            "haproxy_ai_mirror_sink_pending", "Spooled records not yet delivered to each sink.", ["sink"], registry=r
+        )
+        self.lag = Gauge(
+            "haproxy_ai_mirror_sink_lag_seconds",
+            "Age of the oldest record not yet delivered to each sink (0 when caught up).",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_up = Gauge(
+            "haproxy_ai_mirror_sink_up", "1 if the last delivery to the sink worked.", ["sink"], registry=r
+        )
+        # Children resolved once, so the request path never formats labels.
+        self.queue_full = self.dropped.labels("queue_full")
+        for reason in ("queue_full", "spool_full", "spool_error", "evicted"):
+            self.dropped.labels(reason)
+        self.sampled_out = self.skipped.labels("sampled")
+        self.path_out = self.skipped.labels("path")
+        for sink in sinks:
+            self.shipped.labels(sink)
+            self.sink_errors.labels(sink)
+            self.pending.labels(sink)
+            self.lag.labels(sink)
+            self.sink_up.labels(sink).set(1)
 
 
 def track_queue_depth(metrics: Metrics, depth_by_priority: Callable[[], dict[int, int]]) -> None:

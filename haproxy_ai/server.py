@@ -14,6 +14,7 @@ import uvicorn
 
 from .admin import build_admin_app
 from .app import Proxy
+from .mirror.redact import install_log_redaction
 from .settings import ConfigError, Settings
 
 __all__ = ["ProxyServer", "bind_socket", "configure_logging"]
@@ -72,6 +73,8 @@ class ProxyServer:
     ) -> None:
         self.settings = settings
         self.proxy = proxy or Proxy(settings, reloader=reloader)
+        # Every log line this process writes goes through the same redaction as the records.
+        install_log_redaction(self.proxy.redactor)
         self._background: set[asyncio.Future[None]] = set()
         listen, admin = settings.listen, settings.admin
         self.data_socket = data_socket or bind_socket(listen.host, listen.port, listen.backlog)

@@ -25,3 +25,7 @@ def stack(loop_thread: LoopThread) -> Iterator[Stack]:
 def upstream_client(request: pytest.FixtureRequest) -> str:
     """The core proxy tests run against both upstream client implementations."""
     return str(request.param)
+
+
+# PostgreSQL for the mirror tests: the local service when it answers, else a throwaway cluster.
+from .pg import pg_cluster, postgres_dsn  # noqa: E402, F401

@@ -252,6 +252,19 @@ class ChildProcess:
                 return match
         raise AssertionError(f"{self.args}: no line matching {pattern!r}; output:\n{''.join(self.seen)}")
 
+    def output(self, timeout: float = 15.0) -> str:
+        """Everything the child printed, once it has exited (waits for the end of its output)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise AssertionError(f"{self.args}: output did not end within {timeout}s") from None
+            if line is None:
+                self.lines.put(None)
+                return "".join(self.seen)
+            self.seen.append(line)
+
     def send_signal(self, sig: int) -> None:
         self.popen.send_signal(sig)
 

@@ -150,7 +150,23 @@ def build_admin_app(proxy: Proxy) -> Starlette:
 
     def _unknown(request: Request) -> Response:
         names = [r.backend.name for r in proxy.health.records()]
-        return _error(404, f"no backend named {request.path_params['name']!r}; known: {names}", "unknown_backend")
+        asked = proxy.redactor.message(request.path_params["name"])
+        return _error(404, f"no backend named {asked!r}; known: {names}", "unknown_backend")
+
+    async def mirror(request: Request) -> Response:
+        if proxy.mirror is None:
+            return JSONResponse({"enabled": False})
+        return JSONResponse(proxy.mirror.status())
+
+    async def mirror_records(request: Request) -> Response:
+        if proxy.mirror is None:
+            return _error(404, "mirroring is off (mirror.enabled: false)", "mirror_disabled")
+        raw = request.query_params.get("limit", "20")
+        if not raw.isdigit() or not 0 < int(raw) <= 100:
+            return _error(
+                400, f"limit must be an integer from 1 to 100, got {proxy.redactor.message(raw)!r}", "invalid_limit"
+            )
+        return JSONResponse({"records": proxy.mirror.recent_records(int(raw))})
 
     insight = build_insight_endpoints(proxy)
     return Starlette(
@@ -170,5 +186,7 @@ def build_admin_app(proxy: Proxy) -> Starlette:
             Route("/admin/backends/{name}/weight", guarded(weight), methods=["PUT"]),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
             Route("/admin/config", guarded(config)),
+            Route("/admin/mirror", guarded(mirror)),
+            Route("/admin/mirror/records", guarded(mirror_records)),
         ]
     )

@@ -1,0 +1,287 @@
+"""One mirror record per request: what the hot path captures, and how it becomes a JSON line.
+
+The request path only fills an ``Exchange`` (references and counters, no copies, no parsing);
+``encode`` turns it into the redacted JSON record in the spool writer, off the request's
+critical path. The record format (schema 1) is documented in README ("Record format").
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from ..context import AttemptRecord
+    from .redact import Redactor
+
+__all__ = ["ENDED", "SCHEMA_VERSION", "Exchange", "encode", "format_time", "parse_sse"]
+
+SCHEMA_VERSION = 1
+ENDED = ("complete", "client_aborted", "upstream_reset", "truncated")
+_NO_ATTEMPTS: list[AttemptRecord] = []
+
+
+class Exchange:
+    """A request/response pair as the proxy saw it, captured cheaply on the request path.
+
+    Times are the injected clock's monotonic seconds, except ``received_wall`` (epoch seconds).
+    The response body is kept up to ``cap`` bytes; later chunks are only counted, except the
+    last few, which usually carry a stream's ``usage``.
+    """
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "body_cap",
+        "chunks",
+        "client",
+        "done",
+        "ended",
+        "error",
+        "first_byte",
+        "id",
+        "kept",
+        "method",
+        "query",
+        "raw_path",
+        "received",
+        "received_wall",
+        "request_body",
+        "request_headers",
+        "request_id",
+        "response_bytes",
+        "response_headers",
+        "status",
+        "tail",
+    )
+
+    def __init__(
+        self,
+        record_id: str,
+        received: float,
+        received_wall: float,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        request_headers: Sequence[tuple[bytes, bytes]],
+        client: str | None,
+        body_cap: int,
+    ) -> None:
+        self.id = record_id
+        self.request_id = ""
+        self.received = received
+        self.received_wall = received_wall
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.request_headers = request_headers
+        self.client = client
+        self.body_cap = body_cap
+        self.request_body = b""
+        self.status = 0
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()
+        self.first_byte: float | None = None
+        self.done = received
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.tail: list[bytes] = []
+        self.response_bytes = 0
+        self.ended = "complete"
+        self.error: str | None = None
+        self.backend: str | None = None
+        self.attempts: list[AttemptRecord] = _NO_ATTEMPTS
+
+    def add(self, chunk: bytes) -> None:
+        """Count a response body chunk sent to the client, keeping it while under the cap."""
+        self.response_bytes += len(chunk)
+        if self.kept < self.body_cap:
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+        else:
+            tail = self.tail
+            tail.append(chunk)
+            if len(tail) > 4:
+                del tail[0]
+
+    def respond(self, status: int, headers: Sequence[tuple[bytes, bytes]], first_byte: float) -> None:
+        self.status = status
+        self.response_headers = headers
+        self.first_byte = first_byte
+
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted: records come in bursts
+
+
+def format_time(epoch: float) -> str:
+    """RFC 3339 UTC with microseconds: ``2026-11-28T16:00:00.123456Z``."""
+    seconds = int(epoch)
+    micros = round((epoch - seconds) * 1_000_000)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    if _second[0] != seconds:
+        _second[0], _second[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_second[1]}.{micros:06d}Z"
+
+
+def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bool]:
+    """(text, encoding, truncated) for a body kept up to ``cap`` bytes, redacted."""
+    truncated = len(raw) > cap
+    if truncated:
+        raw = raw[:cap]
+    if not raw:
+        return (None if not truncated else "", "utf-8", truncated)
+    text = _utf8(raw, truncated)
+    if text is not None:
+        redacted = redactor.body(raw)
+        if redacted is not None:
+            raw = redacted
+            text = _utf8(raw, truncated)
+    if text is None or "\x00" in text:
+        # Binary, or text PostgreSQL's jsonb cannot hold: keep the bytes exactly.
+        return base64.b64encode(raw).decode("ascii"), "base64", truncated
+    return text, "utf-8", truncated
+
+
+def _utf8(raw: bytes, truncated: bool) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cap can cut a multi-byte character in half: drop the partial character only.
+        if truncated and exc.start >= len(raw) - 3:
+            try:
+                return raw[: exc.start].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return None
+
+
+def parse_sse(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """Assemble an OpenAI-style event stream: (completion text, usage) where parsable.
+
+    Chat streams carry ``choices[0].delta.content``; completion streams ``choices[0].text``.
+    Events that are not JSON (``[DONE]``, comments, a cut-off last event) are skipped.
+    """
+    parts: list[str] = []
+    usage: dict[str, Any] | None = None
+    seen = False
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload.startswith(b"{"):
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        choices = event.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(piece, str):
+                parts.append(piece)
+                seen = True
+        if isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+    return ("".join(parts) if seen else None), usage
+
+
+def _model(body: bytes) -> str | None:
+    # Only JSON object bodies that name a model; parse failures are normal (non-JSON uploads).
+    if b'"model"' not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _attempts(exchange: Exchange) -> list[dict[str, Any]]:
+    start = exchange.received
+    out = []
+    for attempt in exchange.attempts:
+        out.append(
+            {
+                "backend": attempt.backend.name,
+                "outcome": attempt.outcome.value if attempt.outcome is not None else None,
+                "status": attempt.status,
+                "start_ms": round((attempt.started - start) * 1000, 3),
+                "headers_ms": round((attempt.headers_at - start) * 1000, 3) if attempt.headers_at else None,
+                "end_ms": round((attempt.ended - start) * 1000, 3) if attempt.ended else None,
+            }
+        )
+    return out
+
+
+def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> dict[str, Any]:
+    """The redacted record (schema 1) for a finished exchange."""
+    ex = exchange
+    wall = ex.received_wall
+    first_byte = ex.first_byte
+    response_raw = b"".join(ex.chunks)
+    headers = ex.response_headers
+    stream = any(
+        name.lower() == b"content-type" and value.lower().startswith(b"text/event-stream") for name, value in headers
+    )
+    text = usage = None
+    if stream:
+        text, usage = parse_sse(response_raw + b"".join(ex.tail) if ex.tail else response_raw)
+        if text is not None:
+            text = redactor.text(text)
+        if usage is not None:
+            usage = redactor.json(usage)
+    request_text, request_encoding, request_truncated = _body(ex.request_body, request_cap, redactor)
+    response_text, response_encoding, _ = _body(response_raw, len(response_raw), redactor)
+    query = ex.query.decode("latin-1")
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": ex.id,
+        "request_id": redactor.text(ex.request_id),
+        "instance": instance,
+        "received_at": format_time(wall),
+        "first_byte_at": format_time(wall + first_byte - ex.received) if first_byte is not None else None,
+        "done_at": format_time(wall + ex.done - ex.received),
+        "latency_ms": round((ex.done - ex.received) * 1000, 3),
+        "ttfb_ms": round((first_byte - ex.received) * 1000, 3) if first_byte is not None else None,
+        "client": ex.client,
+        "method": ex.method,
+        "path": redactor.text(ex.raw_path.decode("latin-1")),
+        "query": redactor.query(query) if query else "",
+        "model": _model(ex.request_body),
+        "status": ex.status,
+        "ended": ex.ended,
+        "backend": ex.backend,
+        "error": redactor.message(ex.error) if ex.error is not None else None,
+        "attempts": _attempts(ex),
+        "request": {
+            "headers": redactor.headers(ex.request_headers),
+            "body": request_text,
+            "body_encoding": request_encoding,
+            "bytes": len(ex.request_body),
+            "body_truncated": request_truncated,
+        },
+        "response": {
+            "headers": redactor.headers(headers),
+            "body": response_text,
+            "body_encoding": response_encoding,
+            "bytes": ex.response_bytes,
+            "body_truncated": ex.response_bytes > ex.kept,
+            "stream": stream,
+            "text": text,
+            "usage": usage,
+        },
+    }
+
+
+def encode(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> bytes:
+    """The record as one JSON line, without the newline."""
+    return orjson.dumps(build(exchange, redactor, instance, request_cap))

@@ -1,0 +1,408 @@
+"""The mirror: a bounded memory queue fed by the request path, one spool writer, one shipper per sink.
+
+Request path: ``begin()`` decides (path, sampling) and returns an Exchange to fill, ``offer()``
+appends the finished one to the queue without awaiting anything (``drop`` mode) and wakes the
+writer. The writer encodes and redacts records in small batches on the event loop and hands
+them to the spool's own thread, so a slow disk never stalls the loop. Shippers read from the
+spool and deliver to each sink at least once, in order, checkpointing after each delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import socket
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from ..clock import Clock
+from ..metrics import MirrorMetrics
+from ..settings import MirrorSettings, SinkSettings
+from .record import Exchange, encode
+from .redact import Redactor
+from .sinks.base import RecordSink, SinkError
+from .sinks.file import FileSink
+from .spool import Spool, SpoolError, SpoolStats
+
+__all__ = ["Mirror", "SpoolError", "build_sink"]
+
+log = logging.getLogger("haproxy_ai.mirror")
+T = TypeVar("T")
+
+_BATCH = 128  # records encoded per step: bounds how long the writer holds the event loop
+_SHIPPER_POLL = 1.0  # shippers re-check the spool at least this often (rotation by age, recovery)
+
+
+def build_sink(settings: SinkSettings) -> RecordSink | FileSink:
+    if settings.type == "file":
+        return FileSink(name=settings.name, directory=settings.dir, compress=settings.compress)
+    from .sinks.postgres import PostgresSink
+
+    return PostgresSink(
+        name=settings.name,
+        dsn=settings.dsn,
+        table=settings.table,
+        connect_timeout=settings.connect_timeout,
+        statement_timeout=settings.statement_timeout,
+    )
+
+
+class Mirror:
+    def __init__(
+        self,
+        settings: MirrorSettings,
+        *,
+        registry: CollectorRegistry,
+        clock: Clock,
+        rng: random.Random | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.redactor = redactor or Redactor.from_settings(settings.redact)
+        self.instance = settings.instance or socket.gethostname()
+        self.metrics = MirrorMetrics(registry, [s.name for s in settings.sinks])
+        self._registry = registry
+        self.blocking = settings.on_queue_full == "block"
+        self._rng = rng or random.Random()
+        self._paths = tuple(p.encode() for p in settings.paths)
+        self._exclude = tuple(p.encode() for p in settings.exclude_paths)
+        self._sample = settings.sample_rate
+        self._request_cap = settings.max_request_body
+        self._response_cap = settings.max_response_body
+        self._queue: deque[Exchange] = deque()
+        self._queue_size = settings.queue_size
+        self._queue_max_bytes = settings.queue_max_bytes
+        self._queued_bytes = 0
+        # Record ids: unique across processes and restarts without a syscall per request.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
+        self.recent: deque[bytes] = deque(maxlen=100)
+        self.spool = Spool(
+            settings.spool_dir,
+            sinks=[s.name for s in settings.sinks],
+            segment_max_bytes=settings.segment_max_bytes,
+            segment_max_age=settings.segment_max_age,
+            max_bytes=settings.spool_max_bytes,
+            on_full=settings.on_spool_full,
+            retention=settings.retention,
+            now=clock.time,
+        )
+        self.sinks: dict[str, RecordSink | FileSink] = {}
+        self._sink_settings = {s.name: s for s in settings.sinks}
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._space: asyncio.Event | None = None
+        self._new_data: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._stats = SpoolStats(0, 0, 0, {}, {})
+        self._last_error: dict[str, str | None] = {s.name: None for s in settings.sinks}
+        self._spool_failing = False
+        m = self.metrics
+        m.queue_depth.set_function(lambda: float(len(self._queue)))
+        m.spool_bytes.set_function(lambda: float(self._stats.bytes))
+        m.spool_segments.set_function(lambda: float(self._stats.segments))
+        for name in self._sink_settings:
+            m.pending.labels(name).set_function(self._pending_of(name))
+            m.lag.labels(name).set_function(self._lag_of(name))
+
+    def _pending_of(self, name: str) -> Callable[[], float]:
+        return lambda: float(self._stats.pending.get(name, 0))
+
+    def _lag_of(self, name: str) -> Callable[[], float]:
+        def read() -> float:
+            oldest = self._stats.oldest_pending.get(name)
+            return max(self.clock.time() - oldest, 0.0) if oldest is not None else 0.0
+
+        return read
+
+    # -- request path ---------------------------------------------------------------------------
+
+    def begin(
+        self,
+        received: float,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: str | None,
+    ) -> Exchange | None:
+        """An Exchange to fill for this request, or None when it is not recorded (path, sampling)."""
+        if not raw_path.startswith(self._paths) or (self._exclude and raw_path.startswith(self._exclude)):
+            self.metrics.path_out.inc()
+            return None
+        if self._sample < 1.0 and self._rng.random() >= self._sample:
+            self.metrics.sampled_out.inc()
+            return None
+        return Exchange(
+            f"{self._id_prefix}{next(self._ids):016x}",
+            received,
+            self.clock.time(),
+            method,
+            raw_path,
+            query,
+            headers,
+            client,
+            self._response_cap,
+        )
+
+    def offer(self, exchange: Exchange) -> bool:
+        """Queue a finished exchange without waiting. False when the queue is full: in ``drop``
+        mode the record is counted as dropped; in ``block`` mode the caller awaits ``put``."""
+        if len(self._queue) >= self._queue_size or self._queued_bytes >= self._queue_max_bytes or self._closing:
+            if not self.blocking or self._closing:
+                self.metrics.queue_full.inc()
+                self.metrics.enqueued.inc()
+            return False
+        self._queue.append(exchange)
+        self._queued_bytes += len(exchange.request_body) + exchange.kept
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        return True
+
+    async def put(self, exchange: Exchange) -> None:
+        """``block`` mode: wait for room in the queue (the request holds its connection meanwhile)."""
+        while not self.offer(exchange):
+            if self._closing:
+                return
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
+            await self._space.wait()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool (raises SpoolError), build the sinks, start the writer and shippers."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haproxy-ai-spool")
+        await self._run(self.spool.open)
+        self._stats = await self._run(self.spool.stats)
+        try:
+            for name, sink_settings in self._sink_settings.items():
+                self.sinks[name] = build_sink(sink_settings)
+        except SinkError:
+            await self._run(self.spool.close)
+            raise
+        self._closing = False
+        self._writer = asyncio.ensure_future(self._write_loop())
+        for name, sink in self.sinks.items():
+            self._new_data[name] = asyncio.Event()
+            self._tasks.append(asyncio.ensure_future(self._ship_loop(name, sink)))
+
+    async def close(self) -> None:
+        """Drain the queue into the spool and sync it, give shippers ``flush_timeout`` to deliver
+        what is pending, then stop. Undelivered records stay in the spool for the next start."""
+        if self._writer is None:
+            return
+        self._closing = True
+        self._wakeup()
+        with contextlib.suppress(Exception):
+            await self._writer
+        self._writer = None
+        with contextlib.suppress(Exception):
+            await self._run(self.spool.rotate)
+            self._stats = await self._run(self.spool.stats)
+        for event in self._new_data.values():
+            event.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.flush_timeout
+        while any(self._stats.pending.values()) and loop.time() < deadline:
+            for event in self._new_data.values():
+                event.set()
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        for sink in self.sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+        with contextlib.suppress(Exception):
+            await self._run(self.spool.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _wakeup(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    # -- writer ---------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.fsync_interval
+        last_tick = loop.time()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    break
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake = wake
+                timer = loop.call_later(max(interval - (loop.time() - last_tick), 0.0), self._wakeup)
+                await wake
+                timer.cancel()
+                self._wake = None
+            if self._queue:
+                await self._write_batch()
+            if loop.time() - last_tick >= interval or (self._closing and not self._queue):
+                last_tick = loop.time()
+                try:
+                    await self._run(self.spool.tick)
+                except OSError as exc:
+                    log.error("mirror: cannot sync the spool: %s", exc.strerror or exc)
+                self._stats = await self._run(self.spool.stats)
+                self._notify()
+
+    async def _write_batch(self) -> None:
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
+        self._queued_bytes -= sum(len(ex.request_body) + ex.kept for ex in batch)
+        if self._space is not None:
+            self._space.set()
+        m = self.metrics
+        m.enqueued.inc(len(batch))
+        lines: list[bytes] = []
+        redactor, instance, cap = self.redactor, self.instance, self._request_cap
+        for exchange in batch:
+            try:
+                lines.append(encode(exchange, redactor, instance, cap))
+            except Exception as exc:  # a bug, never a reason to stop mirroring
+                log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
+                m.dropped.labels("spool_error").inc()
+        try:
+            written, dropped, evicted = await self._run(self.spool.append, lines)
+        except OSError as exc:
+            m.dropped.labels("spool_error").inc(len(lines))
+            if not self._spool_failing:
+                log.error("mirror: cannot write to the spool (%s); records are being dropped", exc.strerror or exc)
+            self._spool_failing = True
+            return
+        if self._spool_failing:
+            log.warning("mirror: the spool is writable again")
+            self._spool_failing = False
+        self.recent.extend(lines[:written])
+        m.spooled.inc(written)
+        if dropped:
+            m.dropped.labels("spool_full").inc(dropped)
+            log.warning("mirror: spool full (%d bytes); dropped %d new records", self.spool.max_bytes, dropped)
+        if evicted:
+            m.dropped.labels("evicted").inc(evicted)
+        self._notify()
+
+    def _notify(self) -> None:
+        for event in self._new_data.values():
+            event.set()
+
+    # -- shippers -------------------------------------------------------------------------------
+
+    async def _ship_loop(self, name: str, sink: RecordSink | FileSink) -> None:
+        settings = self._sink_settings[name]
+        event = self._new_data[name]
+        m = self.metrics
+        backoff = 0.05
+        while True:
+            event.clear()
+            position = await self._run(self.spool.position, name)
+            try:
+                if isinstance(sink, FileSink):
+                    item = await self._run(self.spool.closed_segment, name)
+                    if item is None:
+                        await self._idle(event)
+                        continue
+                    path, count, after = item
+                    await sink.write_segment(path)
+                else:
+                    lines, after = await self._run(self.spool.read, name, settings.batch_size)
+                    count = len(lines)
+                    if not lines:
+                        if after != position:
+                            await self._run(self.spool.commit, name, after)
+                        await self._idle(event)
+                        continue
+                    await sink.write(lines)
+            except (SinkError, OSError) as exc:
+                m.sink_errors.labels(name).inc()
+                m.sink_up.labels(name).set(0)
+                message = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}"
+                if self._last_error[name] is None:
+                    log.warning("mirror: sink %s failed (%s); records wait in the spool", name, message)
+                self._last_error[name] = message
+                await asyncio.sleep(backoff * (0.5 + self._rng.random() / 2))
+                backoff = min(backoff * 2, settings.max_backoff)
+                continue
+            await self._run(self.spool.commit, name, after)
+            self._stats = await self._run(self.spool.stats)
+            m.shipped.labels(name).inc(count)
+            m.sink_up.labels(name).set(1)
+            if self._last_error[name] is not None:
+                log.info("mirror: sink %s recovered", name)
+                self._last_error[name] = None
+            backoff = 0.05
+
+    async def _idle(self, event: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), _SHIPPER_POLL)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """For GET /admin/mirror: queue, spool and per-sink progress (no record contents)."""
+        stats = self._stats
+        registry = self._registry
+
+        def value(name: str, **labels: str) -> int:
+            return int(registry.get_sample_value(f"haproxy_ai_mirror_{name}_total", labels) or 0)
+
+        return {
+            "enabled": True,
+            "instance": self.instance,
+            "spool_dir": str(self.spool.dir),
+            "queue": {"depth": len(self._queue), "bytes": self._queued_bytes, "mode": self.settings.on_queue_full},
+            "spool": {"bytes": stats.bytes, "segments": stats.segments, "records": stats.records},
+            "records": {
+                "enqueued": value("records_enqueued"),
+                "spooled": value("records_spooled"),
+                "dropped": {
+                    r: value("records_dropped", reason=r)
+                    for r in ("queue_full", "spool_full", "spool_error", "evicted")
+                },
+                "skipped": {r: value("records_skipped", reason=r) for r in ("sampled", "path")},
+            },
+            "sinks": [
+                {
+                    "name": name,
+                    "type": s.type,
+                    "shipped": value("records_shipped", sink=name),
+                    "pending": stats.pending.get(name, 0),
+                    "lag_seconds": round(self._lag_of(name)(), 3),
+                    "up": self._last_error[name] is None,
+                    "last_error": self._last_error[name],
+                }
+                for name, s in self._sink_settings.items()
+            ],
+        }
+
+    def recent_records(self, limit: int) -> list[Any]:
+        """The last ``limit`` records spooled, newest last (already redacted)."""
+        lines = list(self.recent)[-limit:] if limit > 0 else []
+        return [orjson.loads(line) for line in lines]
