@@ -86,6 +86,14 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="data listener address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="data port (default 8080; 0 = any free port)")
     demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901; 0 = any free port)")
+    demo.add_argument("--spool-dir", help="where records are spooled (default: a new temporary directory)")
+
+    from .mirror import commands as mirror_commands
+
+    replay = sub.add_parser("replay", help="re-send recorded requests (spool or PostgreSQL) to a target")
+    mirror_commands.add_replay_arguments(replay)
+    records = sub.add_parser("logs", help="recorded requests as JSON lines: tail [-f], export")
+    mirror_commands.add_logs_arguments(records)
     return parser
 
 
@@ -187,7 +195,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .server import configure_logging
 
     configure_logging(args.log_level)
-    return _run_until_signal(run_demo(args.host, args.port, args.admin_port))
+    return _run_until_signal(run_demo(args.host, args.port, args.admin_port, args.spool_dir))
 
 
 def _run_availability(args: argparse.Namespace) -> int:
@@ -250,6 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_demo(args)
     if args.command == "availability":
         return _run_availability(args)
+    if args.command == "replay":
+        from .mirror.commands import run_replay
+
+        return run_replay(args)
+    if args.command == "logs":
+        from .mirror.commands import run_logs
+
+        return run_logs(args)
     parser.print_help()
     return EXIT_CONFIG
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
+
 from .fake_backend import FakeBackend, FakeBackendOptions
 from .server import ProxyServer
 from .settings import load_settings
@@ -19,7 +22,7 @@ _REPLICAS = (
 )
 
 
-def _snippets(url: str, admin: str | None) -> str:
+def _snippets(url: str, admin: str | None, spool: str) -> str:
     text = f"""
 haproxy-ai demo is up: proxy {url}  ->  3 simulated replicas
 Try it:
@@ -43,11 +46,19 @@ PY
         text += f"""
   curl -s {admin}/admin/backends     # backends, in-flight, latency
   curl -s {admin}/metrics            # Prometheus metrics
+  curl -s {admin}/admin/mirror       # the request/response mirror: spool, sinks, drops
+"""
+    text += f"""
+Every request/response is recorded (redacted) in the spool {spool}:
+
+  haproxy-ai logs tail --source spool:{spool} -f
 """
     return text + "\nCtrl-C to stop.\n"
 
 
-async def run_demo(host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9901) -> None:
+async def run_demo(
+    host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9901, spool_dir: str | None = None
+) -> None:
     replicas = [FakeBackend(options) for options in _REPLICAS]
     for replica in replicas:
         await replica.start("127.0.0.1", 0)
@@ -61,13 +72,18 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8080, admin_port: int = 
             },
             environ={},
         )
+        # The embedded default store: a local spool (a fresh directory unless one is given).
+        spool = spool_dir or tempfile.mkdtemp(prefix="haproxy-ai-demo-spool-")
+        settings = dataclasses.replace(
+            settings, mirror=dataclasses.replace(settings.mirror, enabled=True, spool_dir=spool)
+        )
         server = ProxyServer(settings)
 
         def ready(s: ProxyServer) -> None:
             h, p = s.data_address
             admin = s.admin_address
             admin_url = f"http://{admin[0]}:{admin[1]}" if admin else None
-            print(_snippets(f"http://{h}:{p}", admin_url), flush=True)
+            print(_snippets(f"http://{h}:{p}", admin_url, spool), flush=True)
 
         # SIGINT/SIGTERM drain the proxy; the replicas stop once it is done.
         await server.serve(handle_signals=True, on_ready=ready)
