@@ -224,10 +224,14 @@ def haproxy_ai_cmd() -> list[str]:
     return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "haproxy_ai"]
 
 
-def start_proxy(procs: Procs, backend: str, client: str, balancer: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_proxy(
+    procs: Procs, backend: str, client: str, balancer: str, config: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port, admin = free_port(), free_port()
     flags = f"serve --backend {backend.rstrip('/')} --port {port} --admin-port {admin}"
     cmd = [*haproxy_ai_cmd(), *flags.split(), "--upstream-client", client, "--balancer", balancer]
+    if config is not None:
+        cmd += ["--config", str(config)]
     proc = procs.start(f"haproxy-ai-{client}-{port}", cmd, CPU_PROXY, f"http://127.0.0.1:{admin}/readyz")
     return proc, f"http://127.0.0.1:{port}/"
 
@@ -456,6 +460,16 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path, res: dict[str, Any]) 
         except RuntimeError as exc:
             log(f"haproxy FAILED to start: {exc}")
     through_proxies(backend, ("closed_loop", load), ("fixed_rate", fixed))
+    # The same, recording every request/response to a local spool (100% sampling, fsync 200ms).
+    mirror = tmp / "mirror.yaml"
+    mirror.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}'}}\n")
+    try:
+        proc, url = start_proxy(procs, backend, "aiohttp", args.balancer, mirror)
+        measure(res["closed_loop"], "haproxy-ai (aiohttp) + mirror", load, url)
+        measure(res["fixed_rate"], "haproxy-ai (aiohttp) + mirror", fixed, url)
+        procs.stop(proc)
+    except RuntimeError as exc:
+        log(f"haproxy-ai with mirroring FAILED to start: {exc}")
 
     port = free_port()
     fake = f"http://127.0.0.1:{port}/"
