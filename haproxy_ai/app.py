@@ -520,7 +520,9 @@ class Proxy:
             state.started = True
             exchange = state.exchange
             if exchange is not None:
-                exchange.respond(status, out, clock.monotonic())
+                # The replica's own headers: the record has our additions (request id, backend,
+                # attempts) as fields of its own.
+                exchange.respond(status, response.headers, clock.monotonic())
                 exchange.backend = backend.name
             await send({"type": "http.response.start", "status": status, "headers": out})
             self.metrics.overhead.observe(overhead)

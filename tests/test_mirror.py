@@ -198,7 +198,7 @@ def test_block_mode_waits_instead_of_dropping(stack: Stack, tmp_path: Path) -> N
     done: list[list[int]] = []
     thread = threading.Thread(target=lambda: done.append(asyncio.run(burst())))
     thread.start()
-    wait_for(lambda: len(mirror._queue) == 2)
+    wait_for(lambda: mirror.queued() == 2)
     release.set()
     thread.join(30)
     assert done == [[200] * 10]

@@ -137,7 +137,7 @@ def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bo
     text = _utf8(raw, truncated)
     if text is not None:
         redacted = redactor.body(raw)
-        if redacted is not None:
+        if redacted is not raw:  # the same object when nothing was redacted
             raw = redacted
             text = _utf8(raw, truncated)
     if text is None or "\x00" in text:
@@ -227,11 +227,9 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
     ex = exchange
     wall = ex.received_wall
     first_byte = ex.first_byte
-    response_raw = b"".join(ex.chunks)
-    headers = ex.response_headers
-    stream = any(
-        name.lower() == b"content-type" and value.lower().startswith(b"text/event-stream") for name, value in headers
-    )
+    response_raw = b"".join(ex.chunks) if len(ex.chunks) != 1 else ex.chunks[0]
+    response_headers = redactor.headers(ex.response_headers)
+    stream = response_headers.get("content-type", "").lower().startswith("text/event-stream")
     text = usage = None
     if stream:
         text, usage = parse_sse(response_raw + b"".join(ex.tail) if ex.tail else response_raw)
@@ -270,7 +268,7 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
             "body_truncated": request_truncated,
         },
         "response": {
-            "headers": redactor.headers(headers),
+            "headers": response_headers,
             "body": response_text,
             "body_encoding": response_encoding,
             "bytes": ex.response_bytes,

@@ -741,9 +741,14 @@ _META = frozenset(".^$*+?{}[]\\|()")
 _LEAD = re.compile(r"(?:\\b|\(\?[aiLmsux]*:|\(\?[aiLmsux]+\))+")
 
 
+_CLASS = re.compile(r"\[([A-Za-z0-9_-]{1,8})\]")  # a small class of plain characters, e.g. [pousr]
+
+
 def _required_literals(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
-    """For each pattern, a lowercase literal every match must contain (its leading literal text), or
-    None when some pattern has none we can be sure of (then every text is scanned)."""
+    """Lowercase literals such that every match of every pattern contains one of them (each
+    pattern's leading literal text, small character classes expanded: ``gh[pousr]_`` gives
+    ``ghp_``, ``gho_``, ...), or None when some pattern has no literal of 3+ characters we can be
+    sure of (then every text is scanned)."""
     literals: list[str] = []
     for pattern in patterns:
         if not pattern:
@@ -752,18 +757,34 @@ def _required_literals(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
             return None
         lead = _LEAD.match(pattern)
         rest = pattern[lead.end() :] if lead else pattern
-        chars: list[str] = []
-        for char in rest:
+        prefixes = [""]
+        i = 0
+        while i < len(rest):
+            char = rest[i]
+            cls = _CLASS.match(rest, i) if char == "[" else None
+            if cls is not None:
+                options = sorted(set(cls.group(1).replace("-", "") if "-" in cls.group(1)[1:-1] else cls.group(1)))
+                if "-" in cls.group(1)[1:-1] or len(prefixes) * len(options) > 32:
+                    break  # a range, or too many combinations: stop the literal here
+                following = rest[cls.end() : cls.end() + 1]
+                if following and following in "*?{":
+                    break
+                prefixes = [p + o for p in prefixes for o in options]
+                i = cls.end()
+                continue
             if char in _META:
                 if char in "*?{":  # the quantifier may remove the previous character
-                    chars = chars[:-1]
+                    prefixes = [p[:-1] for p in prefixes]
                 break
-            chars.append(char)
-        literal = "".join(chars).lower()
-        if len(literal) < 2:
+            following = rest[i + 1 : i + 2]
+            if following and following in "*?{":
+                break
+            prefixes = [p + char for p in prefixes]
+            i += 1
+        if min(len(p) for p in prefixes) < 3:
             return None
-        literals.append(literal)
-    return tuple(literals) if literals else None
+        literals.extend(p.lower() for p in prefixes)
+    return tuple(dict.fromkeys(literals)) if literals else None
 
 
 class RedactingFilter(logging.Filter):

@@ -39,6 +39,7 @@ log = logging.getLogger("haproxy_ai.mirror")
 T = TypeVar("T")
 
 _BATCH = 128  # records encoded per step: bounds how long the writer holds the event loop
+_LINGER = 0.01  # seconds the writer waits for a batch to gather (records are durable after fsync_interval anyway)
 _SHIPPER_POLL = 1.0  # shippers re-check the spool at least this often (rotation by age, recovery)
 
 
@@ -79,7 +80,11 @@ class Mirror:
         self._sample = settings.sample_rate
         self._request_cap = settings.max_request_body
         self._response_cap = settings.max_response_body
-        self._queue: deque[Exchange] = deque()
+        self._queue: deque[Exchange] = deque()  # finished, not yet encoded (normally for one loop turn)
+        self._lines: list[bytes] = []  # encoded, waiting for the writer
+        self._encode_scheduled = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue_size = settings.queue_size
         self._queue_max_bytes = settings.queue_max_bytes
         self._queued_bytes = 0
@@ -110,7 +115,7 @@ class Mirror:
         self._last_error: dict[str, str | None] = {s.name: None for s in settings.sinks}
         self._spool_failing = False
         m = self.metrics
-        m.queue_depth.set_function(lambda: float(len(self._queue)))
+        m.queue_depth.set_function(lambda: float(self.queued()))
         m.spool_bytes.set_function(lambda: float(self._stats.bytes))
         m.spool_segments.set_function(lambda: float(self._stats.segments))
         for name in self._sink_settings:
@@ -160,17 +165,24 @@ class Mirror:
     def offer(self, exchange: Exchange) -> bool:
         """Queue a finished exchange without waiting. False when the queue is full: in ``drop``
         mode the record is counted as dropped; in ``block`` mode the caller awaits ``put``."""
-        if len(self._queue) >= self._queue_size or self._queued_bytes >= self._queue_max_bytes or self._closing:
+        if self.queued() >= self._queue_size or self._queued_bytes >= self._queue_max_bytes or self._closing:
             if not self.blocking or self._closing:
                 self.metrics.queue_full.inc()
                 self.metrics.enqueued.inc()
             return False
         self._queue.append(exchange)
         self._queued_bytes += len(exchange.request_body) + exchange.kept
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if not self._encode_scheduled and self._loop is not None:
+            # Encoded in a callback of this same loop iteration, after the request's task: the
+            # exchange (and the request and response objects it holds) is freed young instead of
+            # surviving garbage collections while a batch gathers (measured: a third of the cost).
+            self._encode_scheduled = True
+            self._loop.call_soon(self._encode)
         return True
+
+    def queued(self) -> int:
+        """Records accepted and not yet written to the spool."""
+        return len(self._queue) + len(self._lines)
 
     async def put(self, exchange: Exchange) -> None:
         """``block`` mode: wait for room in the queue (the request holds its connection meanwhile)."""
@@ -196,6 +208,7 @@ class Mirror:
             await self._run(self.spool.close)
             raise
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         self._writer = asyncio.ensure_future(self._write_loop())
         for name, sink in self.sinks.items():
             self._new_data[name] = asyncio.Event()
@@ -207,6 +220,8 @@ class Mirror:
         if self._writer is None:
             return
         self._closing = True
+        while self._queue:
+            self._encode()
         self._wakeup()
         with contextlib.suppress(Exception):
             await self._writer
@@ -248,13 +263,45 @@ class Mirror:
 
     # -- writer ---------------------------------------------------------------------------------
 
+    def _encode(self) -> None:
+        """Encode and redact queued exchanges into JSON lines for the writer (a loop callback)."""
+        self._encode_scheduled = False
+        queue, lines, m = self._queue, self._lines, self.metrics
+        redactor, instance, cap = self.redactor, self.instance, self._request_cap
+        taken = 0
+        while queue and taken < _BATCH:  # bounded: one callback never holds the loop for long
+            exchange = queue.popleft()
+            taken += 1
+            self._queued_bytes -= len(exchange.request_body) + exchange.kept
+            try:
+                line = encode(exchange, redactor, instance, cap)
+            except Exception as exc:  # a bug, never a reason to stop mirroring
+                log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
+                m.dropped.labels("spool_error").inc()
+                continue
+            self._queued_bytes += len(line)
+            lines.append(line)
+        m.enqueued.inc(taken)
+        if queue and self._loop is not None:
+            self._encode_scheduled = True
+            self._loop.call_soon(self._encode)
+        if len(lines) >= _BATCH:
+            self._wakeup()
+        elif lines and self._linger is None and self._loop is not None:
+            # Let a batch gather: each write is a round trip to the spool thread.
+            self._linger = self._loop.call_later(_LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        self._wakeup()
+
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.settings.fsync_interval
         last_tick = loop.time()
         while True:
-            if not self._queue:
-                if self._closing:
+            if not self._lines:
+                if self._closing and not self._queue:
                     break
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
@@ -262,9 +309,13 @@ class Mirror:
                 await wake
                 timer.cancel()
                 self._wake = None
-            if self._queue:
-                await self._write_batch()
-            if loop.time() - last_tick >= interval or (self._closing and not self._queue):
+            if self._lines:
+                lines, self._lines = self._lines, []
+                self._queued_bytes -= sum(len(line) for line in lines)
+                if self._space is not None:
+                    self._space.set()
+                await self._write(lines)
+            if loop.time() - last_tick >= interval or (self._closing and not self._lines):
                 last_tick = loop.time()
                 try:
                     await self._run(self.spool.tick)
@@ -273,22 +324,8 @@ class Mirror:
                 self._stats = await self._run(self.spool.stats)
                 self._notify()
 
-    async def _write_batch(self) -> None:
-        queue = self._queue
-        batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
-        self._queued_bytes -= sum(len(ex.request_body) + ex.kept for ex in batch)
-        if self._space is not None:
-            self._space.set()
+    async def _write(self, lines: list[bytes]) -> None:
         m = self.metrics
-        m.enqueued.inc(len(batch))
-        lines: list[bytes] = []
-        redactor, instance, cap = self.redactor, self.instance, self._request_cap
-        for exchange in batch:
-            try:
-                lines.append(encode(exchange, redactor, instance, cap))
-            except Exception as exc:  # a bug, never a reason to stop mirroring
-                log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
-                m.dropped.labels("spool_error").inc()
         try:
             written, dropped, evicted = await self._run(self.spool.append, lines)
         except OSError as exc:
@@ -377,7 +414,7 @@ class Mirror:
             "enabled": True,
             "instance": self.instance,
             "spool_dir": str(self.spool.dir),
-            "queue": {"depth": len(self._queue), "bytes": self._queued_bytes, "mode": self.settings.on_queue_full},
+            "queue": {"depth": self.queued(), "bytes": self._queued_bytes, "mode": self.settings.on_queue_full},
             "spool": {"bytes": stats.bytes, "segments": stats.segments, "records": stats.records},
             "records": {
                 "enqueued": value("records_enqueued"),
