@@ -1,0 +1,99 @@
+"""What mirroring costs: haproxy-ai without and with ``mirror`` (100% sampling), A/B interleaved.
+
+Run: ``python loadtests/mirror_cost.py [--rounds 8] [--duration 3] [--sample-rate 1.0]`` (needs wrk;
+nginx for the backend, else the same tiny uvloop server bench.py uses).
+
+Both proxies run the whole time, each pinned to CPU 0 (one process, as in bench.py); the backend
+and wrk (32 connections) share CPU 1. Rounds alternate between the two, so drift of a shared VM
+hits both alike. Per run: req/s from wrk, and the proxy's own CPU time (utime + stime of the
+process, every thread included: encoding, the spool thread, fsync) divided by the requests it
+served. CPU per request is the steadier number on a noisy VM; the cost is reported on both as
+medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import CPU_LOAD, CPU_PROXY, Procs, free_port, haproxy_ai_cmd, pin, start_fixed_backend, tool
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(procs: Procs, backend: str, name: str, config: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+    port, admin = free_port(), free_port()
+    cmd = [*haproxy_ai_cmd(), "serve", "--backend", backend.rstrip("/"), "--port", str(port)]
+    cmd += ["--admin-port", str(admin), *(["--config", str(config)] if config else [])]
+    proc = procs.start(name, cmd, CPU_PROXY, f"http://127.0.0.1:{admin}/readyz")
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def load(wrk: str, url: str, duration: int) -> tuple[float, int]:
+    cmd = pin([wrk, "-t1", "-c32", f"-d{duration}s", url], CPU_LOAD)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False).stdout
+    rps, count = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
+    if not rps or not count:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    return float(rps[1]), int(count[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=8, help="A/B rounds (default 8)")
+    ap.add_argument("--duration", type=int, default=3, help="seconds per run (default 3)")
+    ap.add_argument("--sample-rate", type=float, default=1.0, help="mirror.sample_rate (default 1.0)")
+    args = ap.parse_args(argv)
+    wrk = tool("wrk")
+    if not wrk:
+        print("mirror_cost.py: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="haproxy-ai-mirror-cost-"))
+    procs = Procs(tmp)
+    try:
+        backend, _ = start_fixed_backend(procs, tmp)
+        config = tmp / "mirror.yaml"
+        config.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}', sample_rate: {args.sample_rate}}}\n")
+        targets = {"off": start(procs, backend, "proxy-off", None), "on": start(procs, backend, "proxy-on", config)}
+        for _, url in targets.values():  # warm-up
+            load(wrk, url, 1)
+        results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+        for i in range(args.rounds):
+            for name, (proc, url) in targets.items():
+                before = cpu_seconds(proc.pid)
+                rps, count = load(wrk, url, args.duration)
+                used = cpu_seconds(proc.pid) - before
+                per = used / count * 1e6
+                results[name].append((rps, per))
+                print(f"round {i + 1} mirror {name:3}: {rps:8.0f} req/s  {per:6.1f} us CPU/request", flush=True)
+        spooled = sum(1 for p in (tmp / "spool").glob("*.jsonl*") for _ in p.open("rb"))
+        rps = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
+        print(f"\nmirror off: {rps['off']:.0f} req/s, {cpu['off']:.1f} us CPU/request (medians of {args.rounds})")
+        print(f"mirror on : {rps['on']:.0f} req/s, {cpu['on']:.1f} us CPU/request; {spooled} records spooled")
+        print(
+            f"cost: {1 - rps['on'] / rps['off']:+.1%} throughput, {cpu['on'] / cpu['off'] - 1:+.1%} CPU per request"
+            f" at sample_rate {args.sample_rate:g}"
+        )
+        return 0
+    finally:
+        procs.stop_all()
+        time.sleep(0.1)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
