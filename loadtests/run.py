@@ -19,13 +19,16 @@ Scenarios:
 - ``tail``: 3 replicas, one answering 10% of its requests after 1 s; run twice, hedging off then
   on (``hedge: {enabled: true, delay: p95}``). Writes ``tail.png`` (latency percentiles, off vs
   on). Passes when the tail showed with hedging off and hedging cut p99 at least in half.
-- ``replay``: traffic replayed from mirrored request records. Mirroring does not exist yet, so
-  it exits 3 with a message.
+- ``replay``: real traffic, replayed. First locust runs against a proxy that mirrors every
+  request to a spool (or ``--source spool:DIR|postgres:DSN`` names an existing recording); then
+  ``haproxy-ai replay`` sends the recorded requests to a fresh proxy at ``--users`` concurrency.
+  Passes when every recorded request was replayed, none failed in transport, and at least 99%
+  got the status they had when recorded.
 
 ``steady`` can also target a proxy that is already running: ``--proxy http://HOST:PORT``.
 
 Exit status: 0 passed; 1 a threshold failed (each failed one is printed); 2 bad arguments;
-3 the scenario needs a feature that is not there yet; 4 the run could not happen (locust or
+4 the run could not happen (locust or
 matplotlib missing, a process did not start, the proxy is unreachable, locust wrote no report).
 """
 
@@ -54,7 +57,7 @@ from typing import Any, NoReturn
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 DEFAULT_OUT = HERE / "reports"
-EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SETUP = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_SETUP = 0, 1, 2, 4
 # The percentiles locust writes as CSV columns that the tail plot shows.
 PLOT_PERCENTILES = ("50%", "90%", "95%", "99%", "99.9%")
 # Never through $http_proxy: every URL here is a loopback process this script started (or --proxy).
@@ -503,6 +506,58 @@ def tail(run: Run) -> int:
     return code
 
 
+REPLAY_MIN_SAME = 0.99  # share of replayed requests that must get the status they were recorded with
+
+
+def replay(run: Run, source: str | None) -> int:
+    replicas = run.replicas([REPLICA] * 3)
+    recorded: int | None = None
+    if source is None:
+        spool = run.out / "replay-spool"
+        shutil.rmtree(spool, ignore_errors=True)  # this run's recording only
+        config = f"mirror: {{enabled: true, spool_dir: '{spool}', fsync_interval: 50ms}}\n"
+        proxy, proc = run.proxy("replay-record-proxy", replicas, config)
+        prefix = run.locust_run("replay-record", proxy.url, wait="0.05,0.2")
+        recorded = int(proxy.metric("haproxy_ai_mirror_records_spooled_total"))
+        run.procs.stop(proc)  # SIGTERM: the queue is written and synced before it exits
+        code = verdict("replay recording", prefix, STEADY)
+        if code != EXIT_OK:
+            return code
+        source = f"spool:{spool}"
+    target, _ = run.proxy("replay-proxy", replicas)
+    cmd = [*haproxy_ai_cmd(), "replay", "--source", source, "--target", target.url]
+    cmd += ["--concurrency", str(run.users), "--json"]
+    started = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=max(run.duration * 10, 300))
+    (run.out / "replay.json").write_text(done.stdout)
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        raise SetupError(f"haproxy-ai replay exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    summary = json.loads(done.stdout)
+    sent, same = summary["sent"], summary["same_status"]
+    errors = sum(summary["errors"].values())
+    latency = summary.get("latency_ms") or {}
+    print(
+        f"replay: {summary['records']} records from {source}: sent {sent} in {time.monotonic() - started:.1f} s, "
+        f"skipped {summary['skipped'] or 0}, same status {same}, different {summary['status_changes'] or 0}, "
+        f"transport errors {errors}; latency ms {latency}",
+        flush=True,
+    )
+    code = EXIT_OK
+    if recorded is not None and summary["records"] != recorded:
+        print(f"FAIL replay: {summary['records']} records read, but the recording proxy spooled {recorded}")
+        code = EXIT_THRESHOLD
+    if sent == 0 or sent + sum(summary["skipped"].values()) != summary["records"]:
+        print(f"FAIL replay: sent {sent} of {summary['records']} records")
+        code = EXIT_THRESHOLD
+    if errors:
+        print(f"FAIL replay: {errors} transport errors: {summary['errors']}")
+        code = EXIT_THRESHOLD
+    if sent and same < REPLAY_MIN_SAME * sent:
+        print(f"FAIL replay: only {same} of {sent} replayed requests got their recorded status")
+        code = EXIT_THRESHOLD
+    return code
+
+
 def plot_tail(path: Path, results: dict[str, tuple[Summary, float]]) -> None:
     """Latency percentiles of the Aggregated rows, hedging off vs on, on a log scale (the two
     curves differ by more than an order of magnitude at p99)."""
@@ -541,11 +596,11 @@ def plot_tail(path: Path, results: dict[str, tuple[Summary, float]]) -> None:
 
 # --- command line ----------------------------------------------------------------------------
 
-SCENARIOS: dict[str, tuple[Callable[..., int] | None, int, int]] = {  # name -> runner, default seconds, users
+SCENARIOS: dict[str, tuple[Callable[..., int], int, int]] = {  # name -> runner, default seconds, users
     "steady": (steady, 30, 8),
     "failover": (failover, 30, 8),
     "tail": (tail, 20, 16),
-    "replay": (None, 30, 8),  # needs mirroring; main() explains and exits 3 before starting anything
+    "replay": (replay, 15, 8),
 }
 
 
@@ -574,6 +629,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--spawn-rate", type=_positive(float), help="users started per second (default: all in 1 s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
     ap.add_argument("--proxy", metavar="URL", help="steady only: load this running proxy instead of starting one")
+    ap.add_argument(
+        "--source", metavar="SRC", help="replay only: an existing recording (spool:DIR or postgres:DSN) to replay"
+    )
     return ap.parse_args(argv)
 
 
@@ -583,13 +641,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.scenario == "replay":
-        print(
-            "run.py: replay needs request/response log mirroring (the planned `mirror` section, see the "
-            "Roadmap in README.md), which haproxy-ai does not have yet",
-            file=sys.stderr,
-        )
-        return EXIT_UNAVAILABLE
+    if args.source and args.scenario != "replay":
+        print(f"run.py: error: --source is for replay only, not {args.scenario}", file=sys.stderr)
+        return EXIT_USAGE
     if args.proxy and args.scenario != "steady":
         print(f"run.py: error: --proxy is for steady only ({args.scenario} starts its own replicas)", file=sys.stderr)
         return EXIT_USAGE
@@ -607,7 +661,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("run.py: the tail scenario needs matplotlib (pip install -e '.[load]')", file=sys.stderr)
             return EXIT_SETUP
     runner, duration, users = SCENARIOS[args.scenario]
-    assert runner is not None  # replay returned above
     users = args.users or users
     out: Path = args.out
     try:
@@ -620,7 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        return runner(run, args.proxy) if args.scenario == "steady" else runner(run)
+        if args.scenario == "steady":
+            return runner(run, args.proxy)
+        if args.scenario == "replay":
+            return runner(run, args.source)
+        return runner(run)
     except SetupError as exc:
         print(f"run.py: {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_SETUP

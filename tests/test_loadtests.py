@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import http.server
 import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -99,11 +100,20 @@ def test_unknown_scenario_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
 
 
-def test_replay_explains_it_needs_mirroring(tmp_path: Path) -> None:
-    proc = _run("replay", "--out", tmp_path, timeout=20)
-    assert proc.returncode == run.EXIT_UNAVAILABLE == 3
-    assert "mirroring" in _one_line(proc.stderr)
-    assert "Traceback" not in proc.stderr
+@needs_locust
+def test_replay_records_real_traffic_and_replays_it(tmp_path: Path) -> None:
+    proc = _run("replay", "--duration", "4", "--users", "4", "--out", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "replay.json").read_text())
+    assert summary["sent"] > 10 and summary["errors"] == {}
+    assert summary["sent"] == summary["records"] and summary["same_status"] == summary["sent"]
+    assert "replay: " in proc.stdout
+
+
+def test_source_is_for_replay_only(tmp_path: Path) -> None:
+    proc = _run("steady", "--source", "spool:/nonexistent", "--out", tmp_path, timeout=20)
+    assert proc.returncode == 2
+    assert "--source is for replay only" in _one_line(proc.stderr)
 
 
 def _closed_port() -> int:
