@@ -330,17 +330,28 @@ class Proxy:
             exchange = mirror.begin(received, method, raw_path, scope.get("query_string", b""), scope["headers"], peer)
             if exchange is not None:
                 exchange.request_id = rid
+        if exchange is None:
+            await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, None, parsed)
+            return
+        assert mirror is not None
         try:
             await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, exchange, parsed)
+        except BaseException as exc:
+            # Cancelled by the server (the shutdown grace ran out) or a bug: whatever was sent
+            # was cut short. A status of 0 means no response was sent at all.
+            if exchange.ended == "complete":
+                exchange.ended = "truncated"
+                exchange.error = exchange.error or (
+                    "cancelled: the proxy shut down" if isinstance(exc, asyncio.CancelledError) else "internal error"
+                )
+            raise
         finally:
-            if exchange is not None:
-                # Exactly one record per request, however it ended.
-                assert mirror is not None
-                exchange.done = clock.monotonic()
-                if exchange.status == 0:
-                    exchange.status = 499 if exchange.ended == "client_aborted" else 500
-                if not mirror.offer(exchange) and mirror.blocking:
-                    await mirror.put(exchange)
+            # Exactly one record per request, however it ended.
+            exchange.done = clock.monotonic()
+            if exchange.status == 0 and exchange.ended == "client_aborted":
+                exchange.status = 499
+            if not mirror.offer(exchange) and mirror.blocking:
+                await mirror.put(exchange)
 
     async def _handle(
         self,

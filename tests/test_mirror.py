@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,12 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from haproxy_ai.app import Proxy
 from haproxy_ai.mirror.reader import iter_spool
 from haproxy_ai.mirror.spool import SpoolError
 
-from .support import RunningProxy, Stack, client, wait_for
+from .support import RunningProxy, Stack, clean_env, client, spawn, wait_for
 
 
 def mirror_config(spool: Path, **extra: Any) -> dict[str, Any]:
@@ -271,3 +275,55 @@ def test_an_unusable_spool_stops_the_start_with_a_clear_error(stack: Stack, tmp_
     with pytest.raises(SpoolError, match=r"cannot use spool directory .*: Not a directory"):
         stack.loop.run(proxy.startup())
     assert not proxy.started
+
+
+def test_sigterm_with_open_streams_leaves_exactly_one_record_per_request(stack: Stack, tmp_path: Path) -> None:
+    backend = stack.backend(tokens=2000, chunk_interval=0.01)  # a 20 s stream: it outlives the grace
+    config = tmp_path / "haproxy-ai.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": 0, "shutdown_grace": "1s"},
+                "admin": {"port": 0},
+                "backends": [backend.url],
+                "mirror": mirror_config(tmp_path / "spool"),
+            }
+        )
+    )
+    env = clean_env({"PYTHONUNBUFFERED": "1"})
+    with spawn([sys.executable, "-m", "haproxy_ai", "serve", "--config", str(config)], env) as proc:
+        url = proc.expect(r"proxying (http://\S+) ->").group(1)
+        with client(url) as c:
+            for i in range(5):
+                assert c.get("/v1/models", headers={"x-request-id": f"done-{i}"}).status_code == 200
+        streams = [
+            httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "long"}]},
+                headers={"x-request-id": f"open-{i}"},
+                timeout=30,
+                trust_env=False,
+            )
+            for i in range(3)
+        ]
+        chunks = [s.__enter__().iter_bytes() for s in streams]
+        for it in chunks:
+            next(it)  # each stream is flowing
+        proc.send_signal(signal.SIGTERM)
+        for it in chunks:
+            with pytest.raises(httpx.HTTPError):  # cut when the grace ran out: never a clean end
+                for _ in it:
+                    pass
+        assert proc.wait(20) == 0
+        for s in streams:
+            with contextlib.suppress(Exception):
+                s.__exit__(None, None, None)
+    records = spooled(tmp_path / "spool")
+    by_id = {r["request_id"]: r for r in records}
+    assert len(records) == len(by_id) == 8  # one each, none lost, none twice
+    assert {by_id[f"done-{i}"]["ended"] for i in range(5)} == {"complete"}
+    for i in range(3):
+        cut = by_id[f"open-{i}"]
+        assert cut["ended"] == "truncated" and cut["status"] == 200, cut
+        assert "data: [DONE]" not in cut["response"]["body"]
