@@ -13,6 +13,20 @@
 # what the HEALTHCHECK uses. To reach it from outside the container (Kubernetes probes, Prometheus), set
 # HAPROXY_AI_ADMIN_HOST=0.0.0.0 and HAPROXY_AI_ADMIN_TOKEN: the proxy refuses a non-loopback admin
 # listener without a token. /healthz, /readyz and /metrics stay open; the token guards /admin/*.
+#
+# Mirroring (request/response records, README "Mirroring request/response records") is off unless a
+# config file turns it on; the image ships the PostgreSQL sink's driver (the [postgres] extra). To use it:
+#   - mount a config file with a `mirror:` section (enabled: true, spool_dir, sinks) as above;
+#   - put the spool on a volume at /var/lib/haproxy-ai, the working directory and the one directory
+#     UID 10001 may write (a relative spool_dir, like the default `haproxy-ai-spool`, lands there);
+#   - give the database password as PGPASSWORD (libpq's variable) from the environment, not in the DSN.
+#   docker run --rm --stop-timeout 40 -p 127.0.0.1:8080:8080 \
+#     -v "$PWD/haproxy-ai.yaml:/etc/haproxy-ai/config.yaml:ro" -e HAPROXY_AI_CONFIG=/etc/haproxy-ai/config.yaml \
+#     -v haproxy-ai-spool:/var/lib/haproxy-ai -e PGPASSWORD haproxy-ai:0.1.0
+# A named volume keeps undelivered records across container restarts (it starts as a copy of the image's
+# directory, owned by 10001). Without one, the VOLUME below gives each container an anonymous volume
+# (writable even with --read-only) that `--rm` / `docker rm -v` delete. One process per spool: two
+# containers must not share a spool volume (a LOCK file refuses the second).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -27,8 +41,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY haproxy_ai ./haproxy_ai
-# pip compiles the .pyc files here: the runtime root filesystem may be read-only.
-RUN pip install --no-cache-dir .
+# pip compiles the .pyc files here: the runtime root filesystem may be read-only. The [postgres]
+# extra (asyncpg) lets the mirror ship records to PostgreSQL; nothing else optional.
+RUN pip install --no-cache-dir "./[postgres]"
 
 # --- runtime ---
 FROM ${PYTHON_IMAGE}
@@ -40,10 +55,13 @@ LABEL org.opencontainers.image.title="haproxy-ai" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
 # A fixed, non-root UID/GID so Kubernetes' runAsNonRoot can verify it and file permissions are predictable.
+# /var/lib/haproxy-ai is the one directory it may write: the mirror's spool. A new named volume mounted
+# there starts as a copy of it, owned by 10001 as well.
 RUN groupadd --system --gid 10001 haproxy-ai \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin haproxy-ai \
-    && mkdir -p /etc/haproxy-ai
+    && mkdir -p /etc/haproxy-ai \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/haproxy-ai
 
 COPY --from=build /opt/venv /opt/venv
 
@@ -53,6 +71,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     HAPROXY_AI_HOST=0.0.0.0
 
 USER 10001:10001
+# The working directory is the spool's home: a relative mirror.spool_dir resolves under it.
+WORKDIR /var/lib/haproxy-ai
+VOLUME ["/var/lib/haproxy-ai"]
 EXPOSE 8080 9901
 
 # No curl in the slim image: python's urllib, with proxies disabled so an HTTP_PROXY in the

@@ -31,7 +31,8 @@ import pytest
 import yaml
 
 from haproxy_ai import fake_backend
-from haproxy_ai.settings import Settings, load_settings, parse_settings
+from haproxy_ai.settings import MirrorSettings, Settings, load_settings, parse_settings
+from haproxy_ai.settings.values import parse_duration
 
 from .support import clean_env, spawn, wait_for
 
@@ -133,6 +134,73 @@ def _executable(name: str) -> str:
     return found
 
 
+def _pip_install(stage: Stage) -> list[str]:
+    """The words after ``pip install`` in the stage's one pip install, shell quoting removed."""
+    installs = re.findall(r"pip install ([^&;|]+)", " && ".join(stage.all("RUN")))
+    assert len(installs) == 1, installs
+    return shlex.split(installs[0])
+
+
+def _shell_commands(stage: Stage) -> list[list[str]]:
+    """Every simple command of the stage's RUN instructions, split as the shell would."""
+    out: list[list[str]] = []
+    for run in stage.all("RUN"):
+        for command in re.split(r"&&|;|\|\|", run):
+            words = shlex.split(command)
+            if words:
+                out.append(words)
+    return out
+
+
+def _owned_dirs(stage: Stage) -> dict[str, tuple[str, str, int]]:
+    """Directories the stage's RUNs create and hand to an owner: path -> (uid, gid, mode).
+
+    Understands ``install -d -o U -g G [-m MODE] DIR...`` and ``mkdir [-p] DIR...`` followed by
+    ``chown [-R] U:G DIR...``; user and group names made by useradd/groupadd resolve to their ids."""
+    commands = _shell_commands(stage)
+    ids: dict[str, str] = {}
+    for words in commands:
+        if words[0] in ("useradd", "groupadd"):
+            flag = "--uid" if words[0] == "useradd" else "--gid"
+            if flag in words:
+                ids[f"{words[0]}:{words[-1]}"] = words[words.index(flag) + 1]
+
+    def uid(name: str) -> str:
+        return ids.get(f"useradd:{name}", name)
+
+    def gid(name: str) -> str:
+        return ids.get(f"groupadd:{name}", name)
+
+    made: dict[str, int] = {}
+    owned: dict[str, tuple[str, str, int]] = {}
+    for words in commands:
+        if words[0] == "install" and ("-d" in words or "--directory" in words):
+            opts: dict[str, str] = {}
+            dirs: list[str] = []
+            it = iter(words[1:])
+            for word in it:
+                if word in ("-o", "-g", "-m"):
+                    opts[word] = next(it)
+                elif word.startswith(("--owner=", "--group=", "--mode=")):
+                    key, _, value = word.partition("=")
+                    opts[{"--owner": "-o", "--group": "-g", "--mode": "-m"}[key]] = value
+                elif not word.startswith("-"):
+                    dirs.append(word)
+            for d in dirs:
+                owned[d] = (uid(opts.get("-o", "0")), gid(opts.get("-g", "0")), int(opts.get("-m", "755"), 8))
+        elif words[0] == "mkdir":
+            for d in (w for w in words[1:] if not w.startswith("-")):
+                made[d] = 0o755
+        elif words[0] == "chown":
+            owner, *paths = [w for w in words[1:] if not w.startswith("-")]
+            user, _, group = owner.partition(":")
+            for d in paths:
+                if d in made or d in owned:
+                    mode = owned[d][2] if d in owned else made[d]
+                    owned[d] = (uid(user), gid(group or user), mode)
+    return owned
+
+
 def test_hadolint_passes_without_a_warning() -> None:
     result = subprocess.run(
         [_executable("hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -148,11 +216,9 @@ def test_dockerfile_builds_a_venv_and_runs_it_as_a_non_root_pid_1() -> None:
 
     runs = " && ".join(build.all("RUN"))
     assert "python -m venv /opt/venv" in runs
-    installs = re.findall(r"pip install ([^&;|]+)", runs)
-    assert len(installs) == 1, installs
-    words = installs[0].split()
-    # Runtime dependencies only: the project itself, no test/load/dev extras, no pip cache in a layer.
-    assert "--no-cache-dir" in words and [w for w in words if not w.startswith("-")] == ["."], words
+    words = _pip_install(build)
+    # Runtime dependencies only: the project itself (and the extras checked below), no pip cache in a layer.
+    assert "--no-cache-dir" in words and len([w for w in words if not w.startswith("-")]) == 1, words
 
     assert f"--from={build.name} /opt/venv /opt/venv" in final.all("COPY")
     env = final.env()
@@ -171,6 +237,58 @@ def test_dockerfile_builds_a_venv_and_runs_it_as_a_non_root_pid_1() -> None:
     assert _exec_form(final.one("ENTRYPOINT")) == ["haproxy-ai", "serve"]
     healthcheck = final.one("HEALTHCHECK")
     assert "/healthz" in healthcheck and "CMD [" in healthcheck
+
+
+def test_image_ships_the_postgres_sink_driver() -> None:
+    """The mirror's PostgreSQL sink needs asyncpg, an optional extra: the image installs it."""
+    words = _pip_install(_dockerfile()[0])
+    (requirement,) = [w for w in words if not w.startswith("-")]
+    m = re.fullmatch(r"(\.|\./)(?:\[([\w,\s-]+)\])?", requirement)
+    assert m, f"pip install {requirement}: install the project from its directory, with its extras"
+    extras = {e.strip() for e in (m.group(2) or "").split(",") if e.strip()}
+    assert extras == {"postgres"}, f"{requirement}: the postgres extra (the sink's driver), no test/load/dev extras"
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert any(dep.startswith("asyncpg") for dep in optional["postgres"]), optional["postgres"]
+
+
+def _runtime_spool_home() -> str:
+    """The runtime image's WORKDIR, where a relative mirror.spool_dir lands."""
+    workdirs = _dockerfile()[-1].all("WORKDIR")
+    assert workdirs, "the runtime stage sets no WORKDIR: a relative mirror.spool_dir would land in /"
+    assert posixpath.isabs(workdirs[-1]), workdirs
+    return posixpath.normpath(workdirs[-1])
+
+
+def _under(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or inside it, component-wise (/var/lib/x is not under /var/li)."""
+    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def test_runtime_gives_the_spool_a_writable_home_owned_by_its_user() -> None:
+    final = _dockerfile()[-1]
+    uid, gid = final.one("USER").split(":")
+    home = _runtime_spool_home()
+    # The default spool_dir is relative: it lands in the working directory.
+    default_spool = posixpath.normpath(posixpath.join(home, MirrorSettings().spool_dir))
+    assert default_spool.startswith(home + "/"), default_spool
+
+    owned = _owned_dirs(final)
+    assert home in owned, f"WORKDIR {home} is not created and chowned in the runtime stage ({owned})"
+    owner, group, mode = owned[home]
+    assert (owner, group) == (uid, gid), f"{home} is owned by {owner}:{group}, the image runs as {uid}:{gid}"
+    assert mode & 0o700 == 0o700 and not mode & 0o002, f"{home}: mode {mode:o}"
+    # Created while still root, before USER drops to the unprivileged user.
+    keywords = [i.keyword for i in final.instructions]
+    first_run = next(n for n, i in enumerate(final.instructions) if i.keyword == "RUN" and home in i.args)
+    assert first_run < keywords.index("USER")
+
+    # A VOLUME: `docker run` without -v still gets a writable spool (an anonymous volume, even with
+    # --read-only), and a new named volume starts as a copy of the directory, owner included.
+    volumes: list[str] = []
+    for args in final.all("VOLUME"):
+        volumes += json.loads(args) if args.startswith("[") else args.split()
+    assert home in {posixpath.normpath(v) for v in volumes}, volumes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,6 +631,97 @@ def test_standalone_runs_two_proxies_that_a_drain_cannot_both_take(tmp_path: Pat
     assert settings.health.active.path == "/health" and settings.retry.enabled
 
 
+_QUANTITY_UNITS = {
+    **{s: 1024**n for n, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000**n for n, s in enumerate(("", "k", "M", "G", "T", "P", "E")) if s},
+}
+
+
+def _quantity(value: str | int) -> int:
+    """A Kubernetes resource quantity in bytes: 2Gi, 512Mi, 1G, 1e9, 1073741824."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?(?:[eE]\d+)?)([A-Za-z]*)", str(value))
+    assert m and m.group(2) in _QUANTITY_UNITS, f"{value!r}: not a byte quantity"
+    return int(float(m.group(1)) * _QUANTITY_UNITS[m.group(2)])
+
+
+def _uncommented_sinks(text: str) -> str:
+    """The config with its commented-out ``# sinks:`` example block turned back on."""
+    lines = text.splitlines()
+    start = next((n for n, line in enumerate(lines) if re.fullmatch(r"\s*# sinks:.*", line)), None)
+    assert start is not None, "no commented-out `# sinks:` example"
+    indent = lines[start].index("#")
+    lines[start] = lines[start][:indent] + lines[start][indent + 2 :]
+    for n in range(start + 1, len(lines)):
+        line = lines[n]
+        if not line.startswith(" " * indent + "#   "):
+            break
+        lines[n] = line[:indent] + line[indent + 2 :]
+    return "\n".join(lines) + "\n"
+
+
+# Volume sources a pod can write to; configMap, secret, downwardAPI and projected are read-only.
+WRITABLE_VOLUMES = ("emptyDir", "persistentVolumeClaim", "ephemeral")
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_mirror_spool_is_on_a_writable_volume_that_holds_it(path: Path, tmp_path: Path) -> None:
+    """The root filesystem is read-only: a pod that mirrors (or is set up to, `enabled: false` with a
+    mirror section) needs its spool_dir on a writable volume of its own, big enough for the spool."""
+    docs = _documents(path)
+    deployment = _one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment, "haproxy-ai")
+    settings, text, _ = _proxy_settings(docs, deployment, tmp_path)
+    mirror = settings.mirror
+    if not mirror.enabled and "mirror" not in yaml.safe_load(text):
+        pytest.skip(f"{path.name}: no mirror section")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    # A relative spool_dir lands in the working directory: the container's, else the image's.
+    spool_dir = posixpath.join(container.get("workingDir") or _runtime_spool_home(), mirror.spool_dir)
+    mounts = [m for m in container.get("volumeMounts", []) if _under(spool_dir, m["mountPath"])]
+    assert mounts, f"mirror.spool_dir {spool_dir} is on the read-only root filesystem: mount a volume there"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))  # the innermost mount holds it
+    assert not mount.get("readOnly", False), f"{mount['mountPath']} is mounted read-only"
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    kinds = [k for k in WRITABLE_VOLUMES if k in volume]
+    assert kinds, f"volume {volume['name']} ({', '.join(k for k in volume if k != 'name')}) is not writable"
+    # A spool belongs to one process: no other container of the pod mounts it.
+    for other in pod["containers"]:
+        if other["name"] != container["name"]:
+            assert mount["name"] not in {m["name"] for m in other.get("volumeMounts", [])}, other["name"]
+
+    if kinds == ["emptyDir"]:
+        empty_dir = volume["emptyDir"] or {}
+        assert empty_dir.get("medium") != "Memory", "a tmpfs spool counts against the memory limit"
+        # The kubelet evicts the pod when an emptyDir outgrows its sizeLimit; the spool stays under its
+        # own bound, with a segment's worth of room for checkpoints and filesystem overhead.
+        assert "sizeLimit" in empty_dir, f"emptyDir {volume['name']}: set a sizeLimit"
+        limit = _quantity(empty_dir["sizeLimit"])
+        assert mirror.spool_max_bytes + mirror.segment_max_bytes <= limit, (mirror.spool_max_bytes, limit)
+
+    # SIGTERM comes after preStop; the drain, then the sinks' flush, all within the grace period.
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > _prestop_sleep(container) + settings.listen.shutdown_grace + mirror.flush_timeout
+
+    # The commented-out postgres sink is a working example once uncommented, with its password from
+    # the env (PGPASSWORD from a Secret, also commented out), never in the DSN.
+    example = tmp_path / "with-sinks.yaml"
+    example.write_text(_uncommented_sinks(text), encoding="utf-8")
+    with_sinks = load_settings(example, environ={})
+    (sink,) = with_sinks.mirror.sinks
+    assert sink.type == "postgres" and sink.dsn and urlsplit(sink.dsn).password is None
+    env_block = re.search(r"# - name: PGPASSWORD\n\s*#\s+valueFrom:\n\s*#\s+secretKeyRef:", path.read_text("utf-8"))
+    assert env_block, f"{path.name}: no (commented-out) PGPASSWORD from a secretKeyRef"
+
+
+def test_sidecar_mirrors_by_default() -> None:
+    """At least one shipped manifest records: the sidecar (the standalone one is ready but off)."""
+    docs = _documents(ROOT / "config" / "kubernetes" / "sidecar.yaml")
+    configmap = _one(docs, "ConfigMap")
+    assert parse_settings(yaml.safe_load(configmap["data"]["config.yaml"])).mirror.enabled
+
+
 # ---------------------------------------------------------------------------------------------
 # compose
 
@@ -548,11 +757,14 @@ def test_compose_defines_three_replicas_the_proxy_and_locust() -> None:
         assert context == ROOT and (context / build.get("dockerfile", "Dockerfile")).is_file()
     assert "entrypoint" not in proxy, "the proxy runs the image's own ENTRYPOINT"
     assert "test" in proxy["healthcheck"]
-    assert {d: c["condition"] for d, c in proxy["depends_on"].items()} == dict.fromkeys(replicas, "service_healthy")
+    # The replicas, and the database the mirror ships records to.
+    assert {d: c["condition"] for d, c in proxy["depends_on"].items()} == dict.fromkeys(
+        [*replicas, "postgres"], "service_healthy"
+    )
 
-    # The proxy's env (over the image's) is a valid config: every replica, by its service name and port.
-    env = {**_image_env(), **_compose_env(proxy)}
-    settings = load_settings(environ=env)
+    # The proxy's env (over the image's) and its mounted config file are a valid config: every replica,
+    # by its service name and port.
+    settings = _compose_proxy_settings(proxy)
     assert [(urlsplit(b.url).hostname, urlsplit(b.url).port) for b in settings.backends] == [
         (name, 8000) for name in replicas
     ]
@@ -571,6 +783,94 @@ def test_compose_defines_three_replicas_the_proxy_and_locust() -> None:
     assert (COMPOSE.parent / source).resolve() == ROOT / "loadtests"
     assert (ROOT / "loadtests" / locustfile[len(target) + 1 :]).is_file()
     assert {d: c["condition"] for d, c in locust["depends_on"].items()} == {"proxy": "service_healthy"}
+
+
+def _compose_mounts(service: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The service's volumes as (type, source, target, read_only), short or long syntax; a bind
+    mount's source is resolved against the compose file's directory."""
+    out: list[tuple[str, str, str, bool]] = []
+    for item in service.get("volumes", []):
+        if isinstance(item, str):
+            source, target, *rest = item.split(":")
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            read_only = "ro" in (rest[0].split(",") if rest else [])
+        else:
+            kind, source, target = item["type"], item.get("source", ""), item["target"]
+            read_only = bool(item.get("read_only", False))
+        if kind == "bind":
+            source = str((COMPOSE.parent / source).resolve())
+        out.append((kind, source, posixpath.normpath(target), read_only))
+    return out
+
+
+def _compose_proxy_config(proxy: Mapping[str, Any]) -> Path:
+    """The host file behind the proxy's HAPROXY_AI_CONFIG: a read-only bind mount of it."""
+    config_path = _compose_env(proxy)["HAPROXY_AI_CONFIG"]
+    binds = [(source, read_only) for kind, source, target, read_only in _compose_mounts(proxy) if target == config_path]
+    assert binds, f"HAPROXY_AI_CONFIG={config_path} is not a file mounted into the proxy"
+    ((source, read_only),) = binds
+    assert read_only, f"{config_path}: mount it read-only (:ro)"
+    path = Path(source)
+    assert path.is_file() and path.is_relative_to(ROOT / "config"), path
+    return path
+
+
+def _compose_proxy_settings(proxy: Mapping[str, Any]) -> Settings:
+    """What the proxy container loads: the image's env, the service's env, the mounted file."""
+    env = {**_image_env(), **_compose_env(proxy)}
+    return load_settings(environ={**env, "HAPROXY_AI_CONFIG": str(_compose_proxy_config(proxy))})
+
+
+def test_compose_proxy_mirrors_to_the_compose_postgres_from_a_spool_volume() -> None:
+    compose = _compose()
+    services = compose["services"]
+    proxy, postgres = services["proxy"], services["postgres"]
+
+    # The file alone is valid, as `haproxy-ai check-config config/compose-proxy.yaml` sees it.
+    config_file = _compose_proxy_config(proxy)
+    alone = load_settings(config_file, environ={})
+    assert alone.mirror.enabled
+    settings = _compose_proxy_settings(proxy)
+    # The env wins over the file: the backends are those of HAPROXY_AI_BACKENDS (the file agrees).
+    env_backends = _compose_env(proxy)["HAPROXY_AI_BACKENDS"].split()
+    assert [b.url for b in settings.backends] == env_backends == [b.url for b in alone.backends]
+
+    mirror = settings.mirror
+    assert mirror.enabled
+    (sink,) = [s for s in mirror.sinks if s.type == "postgres"]
+    dsn = urlsplit(sink.dsn)
+    db_env = _compose_env(postgres)
+    assert dsn.scheme in ("postgresql", "postgres"), dsn.scheme
+    assert dsn.hostname == "postgres" and dsn.hostname in services
+    container_ports = {int(str(p).split(":")[-1]) for p in postgres.get("ports", [])} or {5432}
+    assert (dsn.port or 5432) in container_ports
+    assert dsn.username == db_env["POSTGRES_USER"] and dsn.path.lstrip("/") == db_env["POSTGRES_DB"]
+    # The password is not in the file: libpq's PGPASSWORD, from the very variable the database is created
+    # with (same default), so setting POSTGRES_PASSWORD changes both.
+    assert dsn.password is None, "the DSN is a secret in a file in git: no password in it"
+    assert proxy["environment"]["PGPASSWORD"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert _compose_env(proxy)["PGPASSWORD"], "PGPASSWORD needs a default, as POSTGRES_PASSWORD has"
+    # The database is up before the proxy starts; it can only be healthy with a healthcheck.
+    assert proxy["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "test" in postgres["healthcheck"]
+
+    # The spool is on a named volume (it survives `down`/`up`), writable, and that volume is mounted on the
+    # directory the image creates for UID 10001, so a new volume starts owned by the user that writes it.
+    spool_dir = posixpath.join(_runtime_spool_home(), mirror.spool_dir)  # a relative spool_dir: WORKDIR
+    mounts = [m for m in _compose_mounts(proxy) if _under(spool_dir, m[2])]
+    assert mounts, f"mirror.spool_dir {spool_dir} is on no volume of the proxy service"
+    kind, source, target, read_only = max(mounts, key=lambda m: len(m[2]))
+    assert kind == "volume" and source in (compose.get("volumes") or {}), f"{source}: use a named volume"
+    assert not read_only
+    assert target in _owned_dirs(_dockerfile()[-1]), f"{target}: not a directory the image hands to its user"
+    # One process per spool: no other service mounts the proxy's spool volume.
+    for name, service in services.items():
+        if name != "proxy":
+            assert source not in {m[1] for m in _compose_mounts(service)}, f"{name} also mounts {source}"
+
+    # `docker compose stop` waits for the drain and then the sinks' flush.
+    stop_grace = parse_duration(proxy["stop_grace_period"])
+    assert stop_grace > settings.listen.shutdown_grace + mirror.flush_timeout
 
 
 def test_compose_publishes_on_loopback_only() -> None:
