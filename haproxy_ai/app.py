@@ -183,6 +183,7 @@ class Proxy:
         )
         self.draining = False
         self.started = False
+        self._recording = 0  # requests with a mirror record not yet offered
         self._max_body = settings.limits.max_request_body
         self._total = settings.timeouts.total or math.inf
         self._backend_header = settings.upstream.backend_header
@@ -216,7 +217,12 @@ class Proxy:
             await self.health.stop()
             await self.upstream.aclose()
             if self.mirror is not None:
-                # Last: every request has finished and offered its record by now.
+                # Last, once every request has offered its record: the server cancels the ones
+                # that outlived the shutdown grace without waiting for them to unwind.
+                for _ in range(500):
+                    if not self._recording:
+                        break
+                    await asyncio.sleep(0.01)
                 await self.mirror.close()
             self.started = False
 
@@ -334,6 +340,7 @@ class Proxy:
             await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, None, parsed)
             return
         assert mirror is not None
+        self._recording += 1
         try:
             await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, exchange, parsed)
         except BaseException as exc:
@@ -350,6 +357,7 @@ class Proxy:
             exchange.done = clock.monotonic()
             if exchange.status == 0 and exchange.ended == "client_aborted":
                 exchange.status = 499
+            self._recording -= 1
             if not mirror.offer(exchange) and mirror.blocking:
                 await mirror.put(exchange)
 
