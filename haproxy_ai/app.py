@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import itertools
 import logging
 import math
@@ -185,6 +186,8 @@ class Proxy:
         self.started = False
         self._recording = 0  # requests with a mirror record not yet offered
         self._max_body = settings.limits.max_request_body
+        self._body_idle = settings.timeouts.client_body
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.listen.trusted_proxies)
         self._total = settings.timeouts.total or math.inf
         self._backend_header = settings.upstream.backend_header
         self._server_timing = settings.upstream.server_timing
@@ -312,6 +315,8 @@ class Proxy:
                     forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 elif name == b"content-length":
                     declared_length = value
+                elif name == b"transfer-encoding":
+                    declared_length = declared_length or b"chunked"  # a body follows
                 elif name == b"connection":
                     connection_tokens = value if connection_tokens is None else connection_tokens + b"," + value
                 continue
@@ -330,19 +335,27 @@ class Proxy:
         parsed: _Parsed = (host, forwarded_for, declared_length, priority, opt_out, deadline_value)
         client = scope.get("client")
         peer = client[0] if client else None
+        # Who the client is, for records and logs (X-Forwarded-For still gets the real peer).
+        origin = self._client_behind(peer, forwarded_for) if self._trusted and peer is not None else peer
         mirror = self.mirror
         exchange = None
         if mirror is not None:
-            exchange = mirror.begin(received, method, raw_path, scope.get("query_string", b""), scope["headers"], peer)
+            exchange = mirror.begin(
+                received, method, raw_path, scope.get("query_string", b""), scope["headers"], origin
+            )
             if exchange is not None:
                 exchange.request_id = rid
         if exchange is None:
-            await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, None, parsed)
+            await self._handle(
+                scope, receive, send, method, raw_path, headers, rid, received, peer, origin, None, parsed
+            )
             return
         assert mirror is not None
         self._recording += 1
         try:
-            await self._handle(scope, receive, send, method, raw_path, headers, rid, received, peer, exchange, parsed)
+            await self._handle(
+                scope, receive, send, method, raw_path, headers, rid, received, peer, origin, exchange, parsed
+            )
         except BaseException as exc:
             # Cancelled by the server (the shutdown grace ran out) or a bug: whatever was sent
             # was cut short. A status of 0 means no response was sent at all.
@@ -372,6 +385,7 @@ class Proxy:
         rid: str,
         received: float,
         peer: str | None,
+        origin: str | None,
         exchange: Exchange | None,
         parsed: _Parsed,
     ) -> None:
@@ -396,6 +410,12 @@ class Proxy:
             body = await self._read_body(receive, declared_length)
         except BodyTooLarge as exc:
             await self._error(send, exc, rid, received, close=True, exchange=exchange)
+            return
+        except TimeoutError:
+            timeout = InvalidRequest(
+                f"request body not received: nothing for {self._body_idle:g}s (timeouts.client_body)", status=408
+            )
+            await self._error(send, timeout, rid, received, close=True, exchange=exchange)
             return
         except _ClientGone:
             self.metrics.client_disconnects.inc()
@@ -424,7 +444,7 @@ class Proxy:
                 total = min(total, parse_duration(deadline_value.decode("latin-1")) or total)
             except ValueError:
                 pass  # an unreadable deadline header is ignored, like an absent one
-        ctx = RequestContext(rid, received, received + total, peer, priority=priority, opt_out=opt_out)
+        ctx = RequestContext(rid, received, received + total, origin, priority=priority, opt_out=opt_out)
 
         task = asyncio.current_task()
         assert task is not None
@@ -460,6 +480,22 @@ class Proxy:
             if exchange is not None:
                 exchange.ended = "client_aborted"
 
+    def _client_behind(self, peer: str, forwarded_for: bytes | None) -> str:
+        """The client's address: the peer, unless it is a trusted proxy, then the rightmost
+        X-Forwarded-For entry that is not (entries left of it are the client's to invent)."""
+        address = peer
+        hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",")] if forwarded_for else []
+        while self._is_trusted(address) and hops:
+            address = hops.pop()
+        return address
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
     async def _deadline_exceeded(self, send: Send, ctx: RequestContext, state: _State) -> None:
         if not state.started:
             error = TotalTimeout(f"request exceeded its {ctx.deadline - ctx.received:g}s deadline")
@@ -485,8 +521,15 @@ class Proxy:
         first = b""
         more: list[bytes] | None = None
         size = 0
+        # A deadline per message only when a body was announced: a GET's one message is already
+        # there, and arming a timer for it would cost every request.
+        idle = self._body_idle if declared_length not in (None, b"0") else None
         while True:
-            message = await receive()
+            if idle is None:
+                message = await receive()
+            else:
+                async with asyncio.timeout(idle):  # slow POST: a gap this long is an abandoned body
+                    message = await receive()
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk = message.get("body", b"")

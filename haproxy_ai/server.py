@@ -14,6 +14,7 @@ import uvicorn
 
 from .admin import build_admin_app
 from .app import Proxy
+from .listener import guarded_protocol
 from .mirror.redact import install_log_redaction
 from .settings import ConfigError, Settings
 
@@ -81,8 +82,15 @@ class ProxyServer:
         self.admin_socket = admin_socket
         if admin_socket is None and admin.enabled:
             self.admin_socket = bind_socket(admin.host, admin.port)
+        limits = settings.limits
         common = dict(
-            http="httptools",
+            # httptools with our guards: header deadline, URL/header caps, Host and target checks.
+            http=guarded_protocol(
+                max_url_bytes=limits.max_url_bytes,
+                max_header_count=limits.max_header_count,
+                max_header_bytes=limits.max_header_bytes,
+                header_timeout=settings.timeouts.client_header,
+            ),
             ws="none",
             log_config=None,
             access_log=False,

@@ -163,6 +163,15 @@ class _Parser:
                 result.append(dataclasses.replace(sink, name=name))
         return tuple(result)
 
+    def check_networks(self, path: str, values: tuple[str, ...]) -> None:
+        import ipaddress
+
+        for i, value in enumerate(values):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                self.error(f"{path}[{i}]", f"{value!r} is not an IP address or CIDR like 10.0.0.0/8")
+
     def check_mirror(self, mirror: MirrorSettings) -> None:
         for i, pattern in enumerate(mirror.redact.patterns):
             try:
@@ -235,6 +244,7 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
             parser.error(str(key), "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
     settings = Settings(**sections)
     parser.check_mirror(settings.mirror)
+    parser.check_networks("listen.trusted_proxies", settings.listen.trusted_proxies)
     has_backend_errors = any(i.path.startswith("backends") for i in parser.issues)
     if require_backends and not settings.backends and not has_backend_errors:
         parser.error("backends", "at least one backend is required (config file, --backend or HAPROXY_AI_BACKENDS)")

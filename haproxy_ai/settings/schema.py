@@ -50,6 +50,9 @@ class ListenSettings:
     backlog: int = _f(2048, "int", "listen(2) backlog", min=1)
     shutdown_grace: float = _f(30.0, "duration", "on SIGTERM, how long open requests may finish", min=0)
     access_log: bool = _f(False, "bool", "log one line per request")
+    trusted_proxies: tuple[str, ...] = _f(
+        (), "strings", "CIDRs of proxies whose X-Forwarded-For names the client (in records and logs)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,8 @@ class TimeoutSettings:
     first_byte: float = _f(300.0, "duration", "request sent -> response headers (a first token can take long)", gt=0)
     idle: float = _f(120.0, "duration", "longest gap between two response body chunks", gt=0)
     total: float = _f(1800.0, "duration", "whole request including the streamed body (0 = no limit)", min=0)
+    client_header: float = _f(10.0, "duration", "receive a request's line and headers within this, else 408", gt=0)
+    client_body: float = _f(30.0, "duration", "longest gap while receiving a request body, else 408", gt=0)
     deadline_header: str = _f(
         "x-request-timeout", "str", "request header that may shorten the total deadline, e.g. 30s ('' = ignore)"
     )
@@ -153,6 +158,9 @@ class TimeoutSettings:
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_request_body: int = _f(10 * 1024 * 1024, "size", "larger request bodies get 413", min=0)
+    max_url_bytes: int = _f(8192, "size", "longer request targets get 414", min=256)
+    max_header_count: int = _f(100, "int", "requests with more header fields get 431", min=8, max=10_000)
+    max_header_bytes: int = _f(32768, "size", "requests whose header fields total more get 431", min=1024)
     max_in_flight: int = _f(0, "int", "requests in the proxy at once; more wait in the queue (0 = no limit)", min=0)
     backend_max_in_flight: int = _f(0, "int", "per backend (HAProxy maxconn); more wait in the queue (0 = none)", min=0)
     max_queue: int = _f(1024, "int", "waiting requests; when full the lowest priority is shed with 503", min=0)

@@ -1,0 +1,284 @@
+"""Hostile and broken clients, the HAProxy regtest way: raw bytes in, exact bytes and effects out.
+
+Each case is sent on its own connection to a real proxy in front of a real simulated replica; the
+replica's request counter proves what reached it. Framing the parser must reject (httptools,
+the one we ship) closes the connection: no later byte on it is trusted.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haproxy_ai.settings import ConfigError, parse_settings
+from haproxy_ai.settings.values import parse_duration, parse_size, parse_statuses
+
+from .support import RunningProxy, Stack, wait_for
+
+
+def _port(proxy: RunningProxy) -> int:
+    return int(proxy.url.rsplit(":", 1)[1])
+
+
+def _exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send ``data``; return everything answered and whether the proxy closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            # Closed while we were still sending: the kernel resets, and may drop the answer.
+            return out or b"<reset>", True
+    return out, True
+
+
+def _requests(backend: Any) -> int:
+    return int(httpx.get(backend.url + "/_stats", trust_env=False).json()["requests"])
+
+
+@pytest.fixture
+def guarded(stack: Stack) -> tuple[RunningProxy, Any]:
+    backend = stack.backend()
+    proxy = stack.proxy(
+        [backend],
+        limits={"max_header_count": 20, "max_header_bytes": "2KiB", "max_url_bytes": "1KiB"},
+        timeouts={"client_header": "300ms", "client_body": "300ms"},
+        health={"active": {"enabled": False}},
+    )
+    return proxy, backend
+
+
+FRAMING = {
+    "duplicate content-length": (
+        b"POST /_echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    ),
+    "content-length and chunked": (
+        b"POST /_echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "obfuscated transfer-encoding": b"POST /_echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding not ending in chunked": b"POST /_echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab",
+    "bad chunk size": b"POST /_echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "CR inside a header value": b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "NUL inside a header value": b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "whitespace before the colon": b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n",
+    "missing Host": b"GET /_echo HTTP/1.1\r\n\r\n",
+    "two Host headers": b"GET /_echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "absolute-form target": b"GET http://evil.example/_echo HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    "CONNECT": b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(FRAMING))
+def test_ambiguous_framing_and_targets_get_400_close_and_reach_nothing(
+    guarded: tuple[RunningProxy, Any], case: str
+) -> None:
+    proxy, backend = guarded
+    before = _requests(backend)
+    out, closed = _exchange(_port(proxy), FRAMING[case])
+    assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    assert closed
+    assert _requests(backend) == before
+
+
+def test_asterisk_and_non_origin_targets_never_reach_a_backend(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, backend = guarded
+    before = _requests(backend)
+    out, _ = _exchange(_port(proxy), b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert _requests(backend) == before
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /_echo?" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET /_echo HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(30)) + b"\r\n", b"431"),
+        (b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n", b"431"),
+        # One field that never ends: refused once the head outgrows the caps, not buffered whole.
+        (b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * 200_000, b"431"),
+    ],
+    ids=["url", "header-count", "header-bytes", "unterminated-header"],
+)
+def test_oversized_requests_are_refused_before_reaching_a_backend(
+    guarded: tuple[RunningProxy, Any], request_bytes: bytes, status: bytes
+) -> None:
+    proxy, backend = guarded
+    before = _requests(backend)
+    out, closed = _exchange(_port(proxy), request_bytes)
+    assert out.startswith(b"HTTP/1.1 " + status + b" ") or out == b"<reset>", out[:200]
+    assert closed and _requests(backend) == before
+
+
+def test_slow_headers_get_408_and_the_connection_closed(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, backend = guarded
+    before = _requests(backend)
+    started = time.monotonic()
+    out, closed = _exchange(_port(proxy), b"GET /_echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert out.startswith(b"HTTP/1.1 408 ") and closed
+    assert time.monotonic() - started < 4.0  # the 300 ms deadline, not the client's patience
+    assert _requests(backend) == before
+
+
+def test_a_silent_connection_is_closed(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, _ = guarded
+    out, closed = _exchange(_port(proxy), b"")
+    assert out == b"" and closed
+
+
+def test_a_slow_body_gets_408_and_holds_no_upstream_connection(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, backend = guarded
+    before = _requests(backend)
+    out, closed = _exchange(_port(proxy), b"POST /_echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part")
+    assert out.startswith(b"HTTP/1.1 408 ") and closed, out[:200]
+    assert b"client_body" in out
+    assert _requests(backend) == before
+
+
+def test_keep_alive_requests_each_get_their_own_header_deadline(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, _ = guarded
+    with socket.create_connection(("127.0.0.1", _port(proxy)), timeout=5) as s:
+        for _ in range(3):
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) if b"content-length: " in head else 0
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += s.recv(65536)
+            time.sleep(0.1)  # a pause shorter than the deadline between requests is fine
+
+
+def test_well_behaved_clients_are_served_while_slowloris_connections_pile_up(
+    guarded: tuple[RunningProxy, Any],
+) -> None:
+    proxy, _ = guarded
+    port = _port(proxy)
+    attackers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    try:
+        for s in attackers:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=5) as c:
+            for _ in range(20):
+                assert c.get("/v1/models").status_code == 200
+
+        def all_closed() -> bool:
+            for s in attackers:
+                s.settimeout(0.01)
+                try:
+                    if s.recv(65536) == b"":
+                        continue
+                except TimeoutError:
+                    return False
+                except OSError:
+                    continue
+            return True
+
+        wait_for(all_closed, timeout=10)  # every one got its 408 and was closed
+    finally:
+        for s in attackers:
+            s.close()
+
+
+def test_forwarded_for_is_appended_and_trusted_only_from_configured_proxies(stack: Stack, tmp_path: Any) -> None:
+    backend = stack.backend()
+    spool = tmp_path / "spool"
+    plain = stack.proxy([backend], mirror={"enabled": True, "spool_dir": str(spool / "a"), "fsync_interval": "20ms"})
+    trusting = stack.proxy(
+        [backend],
+        listen={"trusted_proxies": ["127.0.0.0/8"]},
+        mirror={"enabled": True, "spool_dir": str(spool / "b"), "fsync_interval": "20ms"},
+    )
+    from haproxy_ai.mirror.reader import iter_spool
+
+    for proxy, directory in ((plain, spool / "a"), (trusting, spool / "b")):
+        r = httpx.get(proxy.url + "/_echo", headers={"X-Forwarded-For": "203.0.113.9"}, trust_env=False)
+        echoed = dict((k.lower(), v) for k, v in r.json()["headers"])
+        assert echoed["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # appended either way
+        wait_for(lambda d=directory: len(list(iter_spool(d))) == 1)
+    assert next(iter(iter_spool(spool / "a")))["client"] == "127.0.0.1"  # a client cannot claim an address
+    assert next(iter(iter_spool(spool / "b")))["client"] == "203.0.113.9"  # a trusted proxy can
+    with pytest.raises(ConfigError, match=r"listen.trusted_proxies\[0\]"):
+        parse_settings({"backends": ["http://a:1"], "listen": {"trusted_proxies": ["not-a-network"]}})
+
+
+# -- property-based: the parsers never crash and never accept nonsense --------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20))
+def test_duration_parser_either_parses_or_says_why(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        assert str(exc)
+    else:
+        assert value >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_parser_round_trips_units(number: int, unit: str) -> None:
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    assert parse_duration(f"{number}{unit}") == pytest.approx(number * scale)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.integers(), st.floats(allow_nan=True)))
+def test_size_and_status_parsers_never_crash(value: Any) -> None:
+    for parse in (parse_size, parse_statuses):
+        try:
+            parse(value)
+        except ValueError as exc:
+            assert str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["listen", "limits", "timeouts", "retry", "hedge", "mirror", "bogus"]),
+        st.dictionaries(st.text(max_size=12), st.one_of(st.text(max_size=8), st.integers(), st.booleans())),
+        max_size=3,
+    )
+)
+def test_config_parser_accepts_or_names_every_problem(data: dict[str, Any]) -> None:
+    try:
+        parse_settings({"backends": ["http://127.0.0.1:1"], **data})
+    except ConfigError as exc:
+        assert exc.issues and all(issue.path for issue in exc.issues)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), min_size=1),
+            st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+        ),
+        max_size=8,
+    )
+)
+def test_raw_header_blocks_never_crash_the_listener(guarded_port: int, headers: list[tuple[str, str]]) -> None:
+    block = "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
+    out, _ = _exchange(guarded_port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + block + b"Connection: close\r\n\r\n")
+    assert out[:12] in (b"HTTP/1.1 200", b"HTTP/1.1 400", b"HTTP/1.1 431"), out[:100]
+
+
+@pytest.fixture(scope="module")
+def guarded_port(loop_thread: Any) -> Any:
+    stack = Stack(loop_thread)
+    backend = stack.backend()
+    proxy = stack.proxy([backend], health={"active": {"enabled": False}})
+    yield _port(proxy)
+    stack.close()
