@@ -187,6 +187,7 @@ class Proxy:
         self._recording = 0  # requests with a mirror record not yet offered
         self._max_body = settings.limits.max_request_body
         self._body_idle = settings.timeouts.client_body
+        self._send_timeout = settings.timeouts.client_send
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.listen.trusted_proxies)
         self._total = settings.timeouts.total or math.inf
         self._backend_header = settings.upstream.backend_header
@@ -601,7 +602,25 @@ class Proxy:
                             state.complete = True
                             await send({"type": "http.response.body", "body": chunk, "more_body": False})
                             continue
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if remaining is None:
+                        # A stream: a client that stops reading would hold the replica's
+                        # generation forever once the socket buffers fill.
+                        async with asyncio.timeout(self._send_timeout):
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    else:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                log.warning(
+                    "request %s: the client read nothing for %gs; stream cut, replica request cancelled",
+                    ctx.request_id,
+                    self._send_timeout,
+                )
+                self.metrics.truncated.inc()
+                self.metrics.response(status, clock.monotonic() - ctx.received)
+                if exchange is not None:
+                    exchange.ended = "truncated"
+                    exchange.error = f"the client stopped reading for {self._send_timeout:g}s (timeouts.client_send)"
+                return
             except ProxyError as exc:
                 # Committed: bytes reached the client, so never replay. Close the connection
                 # without the final chunk so the client sees an incomplete response, not a

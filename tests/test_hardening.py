@@ -282,3 +282,135 @@ def guarded_port(loop_thread: Any) -> Any:
     proxy = stack.proxy([backend], health={"active": {"enabled": False}})
     yield _port(proxy)
     stack.close()
+
+
+# -- broken backends ----------------------------------------------------------------------------
+
+BROKEN = {
+    "conflicting content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "NUL in a header value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "CR in a header value": b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nok",
+    "garbage status line": b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok",
+    "not HTTP at all": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "bad chunk framing": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("upstream", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_invalid_responses_from_a_backend_become_502(loop_thread: Any, stack: Stack, case: str, upstream: str) -> None:
+    from .support import RawBackend
+
+    raw = RawBackend(loop_thread, BROKEN[case]).start()
+    try:
+        proxy = stack.proxy(
+            [{"url": raw.url}],
+            upstream={"client": upstream},
+            retry={"enabled": False},
+            health={"active": {"enabled": False}, "passive": {"enabled": False}},
+        )
+        r = httpx.get(proxy.url + "/v1/models", trust_env=False, timeout=10)
+        if case == "bad chunk framing" and r.status_code == 200:
+            # Headers were fine, so they went out; the body then broke: the client must see an
+            # incomplete response, never a complete-looking one.
+            pytest.fail("a broken chunked body ended as a complete response")
+        assert r.status_code == 502, (r.status_code, r.text)
+        assert r.json()["error"]["type"] == "upstream_error"
+    except httpx.RemoteProtocolError:
+        assert case == "bad chunk framing"  # cut mid-body: the right outcome once headers were sent
+    finally:
+        raw.close()
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off_and_the_replica_stops(loop_thread: Any, stack: Stack) -> None:
+    import asyncio
+
+    stopped = asyncio.Event()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A replica streaming 64 KiB events as fast as the proxy takes them.
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        event = b"data: " + b"x" * 65536 + b"\n\n"
+        try:
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            stopped.set()  # the proxy closed the upstream connection: generation would stop
+        finally:
+            writer.close()
+
+    async def start() -> asyncio.base_events.Server:
+        return await asyncio.start_server(flood, "127.0.0.1", 0)
+
+    server = loop_thread.run(start())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = stack.proxy(
+            [{"url": f"http://127.0.0.1:{port}"}],
+            timeouts={"client_send": "500ms"},
+            health={"active": {"enabled": False}},
+        )
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", _port(proxy)))
+            s.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            # ... and never read: once the socket buffers fill, the proxy's send blocks.
+            wait_for(stopped.is_set, timeout=20)
+        metrics = httpx.get(proxy.admin_url + "/metrics", trust_env=False).text
+        assert "haproxy_ai_truncated_responses_total 1.0" in metrics
+    finally:
+        loop_thread.loop.call_soon_threadsafe(server.close)
+
+
+def test_sighup_reloads_under_load_lose_no_request(stack: Stack, tmp_path: Any) -> None:
+    import signal
+    import sys
+    import threading
+
+    import yaml
+
+    from .support import clean_env, spawn
+
+    backends = [stack.backend(name=f"r{i}") for i in range(3)]
+    config = tmp_path / "haproxy-ai.yaml"
+
+    def write(active: list[Any], weight: int) -> None:
+        data = {
+            "listen": {"port": 0},
+            "admin": {"port": 0},
+            "backends": [{"url": b.url, "weight": weight} for b in active],
+        }
+        config.write_text(yaml.safe_dump(data))
+
+    write(backends[:2], 1)
+    env = clean_env({"PYTHONUNBUFFERED": "1"})
+    with spawn([sys.executable, "-m", "haproxy_ai", "serve", "--config", str(config)], env) as proc:
+        url = proc.expect(r"proxying (http://\S+) ->").group(1)
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=url, trust_env=False, timeout=10) as c:
+                while not done.is_set():
+                    statuses.append(c.get("/v1/models").status_code)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            # Add a backend, reweight, drain-and-remove one, put it back: each while requests flow.
+            for active, weight in ((backends, 1), (backends, 3), (backends[1:], 2), (backends, 1)):
+                seen = len(statuses)
+                write(active, weight)
+                proc.send_signal(signal.SIGHUP)
+                proc.expect(r"reload: ", timeout=10)
+                wait_for(lambda n=seen: len(statuses) > n + 50, timeout=20)
+        finally:
+            done.set()
+            for t in threads:
+                t.join(15)
+        proc.stop()
+    assert len(statuses) > 200
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}

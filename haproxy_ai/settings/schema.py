@@ -149,6 +149,9 @@ class TimeoutSettings:
     total: float = _f(1800.0, "duration", "whole request including the streamed body (0 = no limit)", min=0)
     client_header: float = _f(10.0, "duration", "receive a request's line and headers within this, else 408", gt=0)
     client_body: float = _f(30.0, "duration", "longest gap while receiving a request body, else 408", gt=0)
+    client_send: float = _f(
+        60.0, "duration", "a streaming client that reads nothing this long is cut off (the replica stops)", gt=0
+    )
     deadline_header: str = _f(
         "x-request-timeout", "str", "request header that may shorten the total deadline, e.g. 30s ('' = ignore)"
     )
