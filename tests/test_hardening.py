@@ -414,3 +414,58 @@ def test_sighup_reloads_under_load_lose_no_request(stack: Stack, tmp_path: Any) 
         proc.stop()
     assert len(statuses) > 200
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_the_data_port_never_serves_admin_routes(guarded: tuple[RunningProxy, Any]) -> None:
+    proxy, _ = guarded
+    for path in ("/admin/backends", "/admin/config", "/metrics", "/readyz", "/admin/"):
+        r = httpx.get(proxy.url + path, trust_env=False)
+        assert r.headers.get("x-haproxy-ai-backend"), path  # proxied to the replica like any path
+        assert "haproxy_ai_requests_total" not in r.text and '"panic"' not in r.text
+
+
+def test_hundreds_of_slow_clients_keep_memory_bounded_and_others_fast(stack: Stack, tmp_path: Any) -> None:
+    import statistics
+    import sys
+
+    import yaml
+
+    from .support import clean_env, spawn
+
+    backend = stack.backend()
+    config = tmp_path / "haproxy-ai.yaml"
+    config.write_text(
+        yaml.safe_dump({"listen": {"port": 0}, "admin": {"port": 0}, "backends": [backend.url], "health": {}})
+    )
+    with spawn([sys.executable, "-m", "haproxy_ai", "serve", "--config", str(config)], clean_env()) as proc:
+        url = proc.expect(r"proxying (http://\S+) ->").group(1)
+        port = int(url.rsplit(":", 1)[1])
+
+        def rss() -> int:
+            for line in open(f"/proc/{proc.popen.pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+            raise AssertionError("no VmRSS")
+
+        with httpx.Client(base_url=url, trust_env=False, timeout=10) as c:
+            for _ in range(50):
+                c.get("/v1/models")
+            base = rss()
+            attackers = []
+            try:
+                for i in range(300):
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    # Each holds a request head just under the caps, never finished.
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pad-%d: " % i + b"a" * 30000)
+                    attackers.append(s)
+                latencies = []
+                for _ in range(100):
+                    started = time.monotonic()
+                    assert c.get("/v1/models").status_code == 200
+                    latencies.append(time.monotonic() - started)
+                grown = rss() - base
+            finally:
+                for s in attackers:
+                    s.close()
+    assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB with 300 slow clients"
+    assert statistics.median(latencies) < 0.1, statistics.median(latencies)
