@@ -469,3 +469,70 @@ def test_hundreds_of_slow_clients_keep_memory_bounded_and_others_fast(stack: Sta
                     s.close()
     assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB with 300 slow clients"
     assert statistics.median(latencies) < 0.1, statistics.median(latencies)
+
+
+@pytest.mark.parametrize("upstream", ["aiohttp", "httpx"])
+def test_a_connection_that_sent_a_broken_response_is_never_reused(
+    loop_thread: Any, stack: Stack, upstream: str
+) -> None:
+    import asyncio
+
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Keeps the connection open: the first answer on it is broken, any later one is fine.
+        connections.append(1)
+        answered = 0
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if answered == 0:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                answered += 1
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def start() -> asyncio.base_events.Server:
+        return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    server = loop_thread.run(start())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = stack.proxy(
+            [{"url": f"http://127.0.0.1:{port}"}],
+            upstream={"client": upstream},
+            retry={"enabled": False},
+            health={"active": {"enabled": False}, "passive": {"enabled": False}},
+        )
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            assert c.get("/a").status_code == 502
+            assert c.get("/b").status_code == 502  # a fresh connection, whose first answer is broken too
+        assert len(connections) == 2
+    finally:
+        loop_thread.loop.call_soon_threadsafe(server.close)
+
+
+def test_compressed_request_bodies_pass_through_raw(loop_thread: Any, stack: Stack) -> None:
+    import gzip
+
+    from .support import RawBackend
+
+    raw = RawBackend(loop_thread, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").start()
+    try:
+        proxy = stack.proxy([{"url": raw.url}], health={"active": {"enabled": False}})
+        body = gzip.compress(b'{"prompt": "' + b"x" * 10_000 + b'"}')
+        r = httpx.post(
+            proxy.url + "/v1/completions", content=body, headers={"Content-Encoding": "gzip"}, trust_env=False
+        )
+        assert r.status_code == 200
+        (received,) = raw.requests
+        head, _, forwarded = received.partition(b"\r\n\r\n")
+        assert forwarded == body  # byte for byte: never decompressed on the way (no unbounded inflate)
+        assert b"content-encoding: gzip" in head.lower()
+    finally:
+        raw.close()
