@@ -174,6 +174,8 @@ class Redactor:
         "_active",
         "_field_text",
         "_header_names",
+        "_header_names_seen",
+        "_header_values_seen",
         "_literals",
         "_param_names",
         "_pattern",
@@ -210,6 +212,8 @@ class Redactor:
         # keeps sub() on its fastest path (no Python callback per match).
         self._template = replacement.replace("\\", "\\\\")
         self._header_names = frozenset(h.strip().lower() for h in headers)
+        self._header_names_seen: dict[Any, tuple[str, bool]] = {}
+        self._header_values_seen: dict[Any, str] = {}
         self._param_names = frozenset(p.strip().lower() for p in query_params)
         self._pattern = self._compile_patterns(tuple(patterns))
         self._literals = _required_literals(tuple(patterns))
@@ -331,23 +335,31 @@ class Redactor:
         is redacted on its own (as :meth:`header` does) before joining.
         """
         out: dict[str, str] = {}
-        listed = self._header_names
-        replacement = self._replacement
+        names, values = self._header_names_seen, self._header_values_seen
+        listed, replacement = self._header_names, self._replacement
         for raw_name, raw_value in pairs:
-            name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
-            value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
-            if name in listed:
+            # Most fields repeat from request to request (content-type, user-agent, server): each
+            # distinct name and value is decoded and scanned once. Values of listed headers are
+            # never looked at, so credentials are not kept.
+            known = names.get(raw_name)
+            if known is None:
+                name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
+                known = names[raw_name] = (name, name in listed)
+                if len(names) > _HEADER_CACHE_SIZE:
+                    names.clear()
+            name, is_listed = known
+            if is_listed:
                 value = replacement
+            else:
+                cached = values.get(raw_value)
+                if cached is None:
+                    cached = self.text(raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value)
+                    if len(values) >= _HEADER_CACHE_SIZE:
+                        values.clear()  # bounded: unique values (dates, ids) would otherwise pile up
+                    values[raw_value] = cached
+                value = cached
             previous = out.get(name)
             out[name] = value if previous is None else f"{previous}, {value}"
-        # One pattern search over every value: headers rarely hold a secret outside the listed
-        # names, and a pass per value costs several times more on every record.
-        pattern = self._pattern
-        if pattern is not None:
-            joined = "\n".join(out.values())
-            if self._may_match(joined) and pattern.search(joined) is not None:
-                text = self.text
-                out = {name: value if name in listed else text(value) for name, value in out.items()}
         return out
 
     def _params(self, query: str) -> str:
@@ -741,6 +753,7 @@ _META = frozenset(".^$*+?{}[]\\|()")
 _LEAD = re.compile(r"(?:\\b|\(\?[aiLmsux]*:|\(\?[aiLmsux]+\))+")
 
 
+_HEADER_CACHE_SIZE = 4096
 _CLASS = re.compile(r"\[([A-Za-z0-9_-]{1,8})\]")  # a small class of plain characters, e.g. [pousr]
 
 
