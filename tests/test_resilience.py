@@ -175,8 +175,9 @@ def test_hedging_cuts_the_tail_within_its_budget(stack: Stack) -> None:
     without = _p99(_drive(plain.url, n, 8))
     with_hedging = _p99(_drive(hedged.url, n, 8))
     assert without >= 0.9  # the slow replica's tail shows at p99
-    # loadtests/tail.py measures the real gain (~30x); here a margin that a loaded CI box keeps.
-    assert with_hedging * 3 <= without, (with_hedging, without)
+    # loadtests/tail.py measures the real gain (~30x); here a margin that a loaded CI box keeps
+    # (without hedging the p99 is the slow replica's full second).
+    assert with_hedging * 2 <= without, (with_hedging, without)
     metrics = _metrics(hedged)
     fired = _sample(metrics, "haproxy_ai_hedges_total", result="fired")
     assert 0 < fired <= n * 0.1 + 10 + 1
