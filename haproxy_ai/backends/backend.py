@@ -6,7 +6,24 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["Backend", "BackendStats"]
+__all__ = ["Backend", "BackendStats", "ReplicaLoad"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """One scrape of a replica's own Prometheus metrics (vLLM, TGI), as the balancers read it.
+
+    ``None`` means the replica does not export that signal. ``inflight_at_scrape`` is the
+    proxy's own in-flight count to this replica when the scrape was taken: requests sent since
+    (``inflight - inflight_at_scrape``) are not in the replica's numbers yet, so a burst between
+    two scrapes is counted instead of herding onto the replica that looked idle.
+    """
+
+    at: float  # clock.monotonic() when the scrape finished
+    waiting: float | None  # requests queued in the engine (vllm:num_requests_waiting, tgi_queue_size)
+    running: float | None  # requests in the running batch
+    kv_cache: float | None  # KV-cache use, 0..1
+    inflight_at_scrape: int = 0
 
 
 class BackendStats:
@@ -18,7 +35,7 @@ class BackendStats:
     replica that turned slow is avoided immediately and trusted again gradually.
     """
 
-    __slots__ = ("_last", "_tau", "ewma", "inflight", "requests")
+    __slots__ = ("_last", "_tau", "ewma", "inflight", "load", "requests")
 
     def __init__(self, decay: float = 10.0) -> None:
         self.inflight = 0
@@ -26,6 +43,8 @@ class BackendStats:
         self.ewma: float | None = None
         self._tau = decay
         self._last = 0.0
+        # The latest scrape of the replica's own metrics; written only by its metrics scraper.
+        self.load: ReplicaLoad | None = None
 
     def start(self) -> None:
         self.inflight += 1
@@ -46,12 +65,13 @@ class BackendStats:
 
 @dataclass(frozen=True, eq=False)
 class Backend:
-    """A replica as configured. Identity is the object; ``name`` is unique within a pool."""
+    """A replica as configured. Identity is the object; ``name`` is unique across all pools."""
 
     name: str
     url: str
     weight: int = 1
     stats: BackendStats = field(default_factory=BackendStats, repr=False, compare=False)
+    pool: str = "default"  # the pool it serves in; names are unique across pools
     scheme: str = field(init=False)
     host: str = field(init=False)
     port: int = field(init=False)

@@ -30,6 +30,7 @@ class PeakEwmaP2C:
         weights: Sequence[float],
         exclude: Collection[Backend],
         rng: random.Random,
+        key: bytes | None = None,
     ) -> Backend | None:
         if exclude:
             pairs = [(b, w) for b, w in zip(candidates, weights, strict=True) if b not in exclude]

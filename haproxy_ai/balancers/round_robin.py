@@ -25,6 +25,7 @@ class SmoothWeightedRoundRobin:
         weights: Sequence[float],
         exclude: Collection[Backend],
         rng: random.Random,
+        key: bytes | None = None,
     ) -> Backend | None:
         best: Backend | None = None
         best_score = 0.0

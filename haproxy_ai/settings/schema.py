@@ -21,6 +21,7 @@ __all__ = [
     "MirrorSettings",
     "PassiveSettings",
     "RedactSettings",
+    "ScrapeSettings",
     "Settings",
     "SinkSettings",
     "StatusRanges",
@@ -121,13 +122,55 @@ class BackendSettings:
     )
 
 
+_BALANCERS = ("p2c", "round_robin", "hash", "load_aware")
+
+
 @dataclass(frozen=True, slots=True)
 class BalancerSettings:
-    type: str = _f("p2c", "choice", "p2c (peak-EWMA + in-flight) or round_robin", choices=("p2c", "round_robin"))
+    type: str = _f(
+        "p2c",
+        "choice",
+        "p2c (peak-EWMA + in-flight), round_robin, hash (affinity with bounded load) or load_aware (replica metrics)",
+        choices=_BALANCERS,
+    )
     ewma_decay: float = _f(10.0, "duration", "p2c: how fast a replica that sped up is trusted again", gt=0)
     cost_tolerance: float = _f(
         0.2, "float", "p2c: keep the weighted first pick unless the other is this much cheaper", min=0
     )
+    hash_key: str = _f(
+        "header:x-session-id",
+        "hash_key",
+        "hash: what a request is hashed on: header:NAME, prompt (its first hash_prefix_chars) or system_prompt",
+    )
+    hash_prefix_chars: int = _f(1024, "int", "hash: characters of the prompt that form the key", min=1)
+    hash_balance_factor: float = _f(
+        1.25, "float", "hash: no replica takes more than this x the mean in-flight load (0 = unbounded)", min=0
+    )
+    hash_fallback: str = _f(
+        "p2c", "choice", "hash: balancer for requests without a key", choices=("p2c", "round_robin", "load_aware")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeSettings:
+    enabled: bool = _f(False, "bool", "scrape each replica's Prometheus metrics for load_aware and hash picks")
+    path: str = _f("/metrics", "path", "the replicas' metrics path")
+    interval: float = _f(0.25, "duration", "time between scrapes of one replica", gt=0)
+    timeout: float = _f(0.5, "duration", "a scrape slower than this fails", gt=0)
+    stale_after: float = _f(1.0, "duration", "older metrics count as saturated", gt=0)
+    waiting_metrics: tuple[str, ...] = _f(
+        ("vllm:num_requests_waiting", "tgi_queue_size"), "strings", "gauges of requests queued in the engine (summed)"
+    )
+    running_metrics: tuple[str, ...] = _f(
+        ("vllm:num_requests_running", "tgi_batch_current_size"), "strings", "gauges of requests in the running batch"
+    )
+    kv_cache_metrics: tuple[str, ...] = _f(
+        ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), "strings", "gauges of KV-cache use, 0..1 (max)"
+    )
+    max_waiting: float = _f(8.0, "float", "a replica with this many requests queued is saturated", gt=0)
+    max_kv_cache: float = _f(0.9, "float", "a replica whose KV cache is this full is saturated", gt=0, max=1)
+    queue_weight: float = _f(1.0, "float", "load_aware: weight of queue depth (waiting / max_waiting)", min=0)
+    kv_cache_weight: float = _f(1.0, "float", "load_aware: weight of KV-cache use (kv / max_kv_cache)", min=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +354,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     backends: tuple[BackendSettings, ...] = ()
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
+    scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -325,6 +369,7 @@ SECTIONS: dict[str, type[Any]] = {
     "listen": ListenSettings,
     "admin": AdminSettings,
     "balancer": BalancerSettings,
+    "scrape": ScrapeSettings,
     "upstream": UpstreamSettings,
     "timeouts": TimeoutSettings,
     "limits": LimitSettings,

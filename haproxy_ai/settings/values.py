@@ -250,6 +250,15 @@ def parse_scalar(kind: str, meta: Mapping[str, Any], value: Any) -> Any:
         result = parse_strings(value)
     elif kind == "delay":
         result = parse_delay(value)
+    elif kind == "hash_key":
+        result = _parse_str(value).strip()
+        header = result[7:] if result.lower().startswith("header:") else None
+        if header is not None:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+                raise ValueError(f"header:NAME needs a valid header name, got {result!r}")
+            result = "header:" + header.lower()
+        elif result not in ("prompt", "system_prompt"):
+            raise ValueError(f"must be header:NAME, prompt or system_prompt; got {result!r}")
     elif kind == "path":
         result = _parse_str(value)
         if not result.startswith("/") or any(c in result for c in " \r\n\t#"):
