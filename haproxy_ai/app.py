@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import itertools
+import json
 import logging
 import math
 import os
@@ -18,8 +19,9 @@ import random
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
-from .backends import Backend, BackendStats, Registry
+from .backends import Registry
 from .clock import Clock, SystemClock
 from .context import RequestContext
 from .errors import (
@@ -29,15 +31,15 @@ from .errors import (
     Overloaded,
     ProxyError,
     TotalTimeout,
+    UnknownModel,
     UpstreamReset,
     error_body,
 )
-from .health import HealthSupervisor
+from .fleet import Fleet
 from .metrics import Metrics
 from .mirror.record import Exchange
 from .mirror.redact import Redactor
 from .mirror.service import Mirror
-from .pipeline import build_pipeline
 from .policies import PRIORITIES
 from .settings import Settings, parse_duration
 from .types import Handler, ProxyRequest, content_length
@@ -153,9 +155,6 @@ class Proxy:
         self.reloader = reloader
         self.clock = clock or SystemClock()
         rng = rng or random.Random()
-        self.registry = Registry(
-            Backend(b.name, b.url, b.weight, BackendStats(settings.balancer.ewma_decay)) for b in settings.backends
-        )
         self.metrics = Metrics()
         # One redaction function for records, logs, admin output and error messages.
         self.redactor = Redactor.from_settings(settings.mirror.redact)
@@ -164,24 +163,15 @@ class Proxy:
             if settings.mirror.enabled
             else None
         )
-        self.health = HealthSupervisor(
-            settings.health,
-            self.registry,
-            clock=self.clock,
-            metrics=self.metrics,
-            rng=rng,
-            backend_settings=settings.backends,
-        )
         self.upstream = upstream or make_upstream(settings, self.clock)
-        self.pipeline: Handler = build_pipeline(
-            settings,
-            registry=self.registry,
-            upstream=self.upstream,
-            clock=self.clock,
-            metrics=self.metrics,
-            rng=rng,
-            sink=self.health,
-        )
+        # Every pool's registry, health and pipeline, and the router in front of them.
+        self.fleet = Fleet(settings, upstream=self.upstream, clock=self.clock, metrics=self.metrics, rng=rng)
+        self.health = self.fleet  # the admin API's view of every backend
+        self.registry: Registry = self.fleet.registry
+        self.pipeline: Handler = self.fleet.handler
+        self.catalog = self.fleet.catalog if settings.routing.serve_models else None
+        # Without named pools every request is the one pool's; the router names it otherwise.
+        self._single_pool = "" if settings.routed else "default"
         self.draining = False
         self.started = False
         self._recording = 0  # requests with a mirror record not yet offered
@@ -213,12 +203,12 @@ class Proxy:
             if self.mirror is not None:
                 await self.mirror.start()  # first: a spool that cannot be used stops the start
             await self.upstream.start()
-            await self.health.start()
+            await self.fleet.start()
             self.started = True
 
     async def shutdown(self) -> None:
         if self.started:
-            await self.health.stop()
+            await self.fleet.stop()
             await self.upstream.aclose()
             if self.mirror is not None:
                 # Last, once every request has offered its record: the server cancels the ones
@@ -241,18 +231,26 @@ class Proxy:
     def reload(self, settings: Settings) -> dict[str, list[str]]:
         """Apply a re-read config without dropping in-flight requests.
 
-        Backends are added, reweighted or drained-then-removed. Other sections are read only at
-        start; a change to them is reported under "restart_required" and not applied.
+        Backends are added, reweighted or drained-then-removed, in each pool. Other sections,
+        and pools added, removed or changed other than in their backends, are read only at start;
+        a change to them is reported under "restart_required" and not applied.
         """
-        changes = self.health.reconfigure(settings.backends, settings.balancer.ewma_decay)
-        restart = [
-            name
-            for name in ("listen", "admin", "balancer", "upstream", "timeouts", "limits", "health", "mirror")
-            if getattr(settings, name) != getattr(self.settings, name)
-        ]
+        old_pools = {p.name: p for p in self.settings.effective_pools()}
+        new_pools = {p.name: p for p in settings.effective_pools()}
+        sections = ("listen", "admin", "balancer", "scrape", "upstream", "timeouts", "limits", "health", "routing")
+        restart = [name for name in (*sections, "mirror") if getattr(settings, name) != getattr(self.settings, name)]
+        if set(old_pools) != set(new_pools):
+            restart.append("pools")
+            changes: dict[str, list[str]] = {"added": [], "removed": [], "reweighted": [], "replaced": []}
+        else:
+            if any(dataclasses.replace(new_pools[n], backends=()) != dataclasses.replace(old_pools[n], backends=())
+                   for n in new_pools):  # fmt: skip
+                restart.append("pools")
+            changes = self.fleet.reconfigure(new_pools.values())
+            pools = tuple(dataclasses.replace(p, backends=new_pools[p.name].backends) for p in self.settings.pools)
+            self.settings = dataclasses.replace(self.settings, backends=settings.backends, pools=pools)
         if restart:
             log.warning("reload: changes to %s need a restart and were not applied", ", ".join(restart))
-        self.settings = dataclasses.replace(self.settings, backends=settings.backends)
         log.info("reload: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "no backend changes")
         return {**changes, "restart_required": restart}
 
@@ -406,6 +404,10 @@ class Proxy:
                 send, InvalidRequest("request target must be an absolute path"), rid, received, exchange=exchange
             )
             return
+        if self.catalog is not None and method in ("GET", "HEAD") and raw_path[:10] == b"/v1/models":
+            if raw_path == b"/v1/models" or raw_path.startswith(b"/v1/models/"):
+                await self._models(send, method, raw_path, rid, received, exchange)
+                return
 
         try:
             body = await self._read_body(receive, declared_length)
@@ -420,7 +422,7 @@ class Proxy:
             return
         except _ClientGone:
             self.metrics.client_disconnects.inc()
-            self.metrics.response(499, clock.monotonic() - received)
+            self.metrics.response(499, clock.monotonic() - received, self._single_pool)
             if exchange is not None:
                 exchange.ended = "client_aborted"
             return
@@ -445,7 +447,9 @@ class Proxy:
                 total = min(total, parse_duration(deadline_value.decode("latin-1")) or total)
             except ValueError:
                 pass  # an unreadable deadline header is ignored, like an absent one
-        ctx = RequestContext(rid, received, received + total, origin, priority=priority, opt_out=opt_out)
+        ctx = RequestContext(
+            rid, received, received + total, origin, priority=priority, opt_out=opt_out, pool=self._single_pool
+        )
 
         task = asyncio.current_task()
         assert task is not None
@@ -477,9 +481,44 @@ class Proxy:
                 exchange.attempts = ctx.attempts
         if ctx.client_gone:
             self.metrics.client_disconnects.inc()
-            self.metrics.response(499, clock.monotonic() - received)
+            self.metrics.response(499, clock.monotonic() - received, ctx.pool)
             if exchange is not None:
                 exchange.ended = "client_aborted"
+
+    async def _models(
+        self, send: Send, method: str, raw_path: bytes, rid: str, received: float, exchange: Exchange | None
+    ) -> None:
+        """``GET /v1/models[/ID]`` from the union of every pool's models (OpenAI's format)."""
+        catalog = self.catalog
+        assert catalog is not None
+        try:
+            # Stale lists are refetched now, within the fetch timeout; the last known ones
+            # answer when the replicas are slow.
+            async with asyncio.timeout(self.settings.routing.models_timeout + 0.5):
+                await catalog.refresh()
+        except TimeoutError:
+            pass
+        if raw_path == b"/v1/models":
+            doc: dict[str, Any] = {"object": "list", "data": catalog.models()}
+        else:
+            model_id = unquote(raw_path[11:].decode("latin-1"))
+            found = catalog.model(model_id)
+            if found is None:
+                await self._error(send, UnknownModel(model_id, catalog.model_ids()), rid, received, exchange=exchange)
+                return
+            doc = found
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", rid.encode("latin-1")),
+        ]
+        if exchange is not None:
+            exchange.respond(200, headers, self.clock.monotonic())
+            exchange.add(body)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if method == "GET" else b"", "more_body": False})
+        self.metrics.response(200, self.clock.monotonic() - received)
 
     def _client_behind(self, peer: str, forwarded_for: bytes | None) -> str:
         """The client's address: the peer, unless it is a trusted proxy, then the rightmost
@@ -509,7 +548,7 @@ class Proxy:
                 ctx.deadline - ctx.received,
             )
             self.metrics.truncated.inc()
-            self.metrics.response(state.status, self.clock.monotonic() - ctx.received)
+            self.metrics.response(state.status, self.clock.monotonic() - ctx.received, ctx.pool)
             if state.exchange is not None:
                 state.exchange.ended = "truncated"
                 state.exchange.error = f"deadline of {ctx.deadline - ctx.received:g}s exceeded mid-response"
@@ -616,7 +655,7 @@ class Proxy:
                     self._send_timeout,
                 )
                 self.metrics.truncated.inc()
-                self.metrics.response(status, clock.monotonic() - ctx.received)
+                self.metrics.response(status, clock.monotonic() - ctx.received, ctx.pool)
                 if exchange is not None:
                     exchange.ended = "truncated"
                     exchange.error = f"the client stopped reading for {self._send_timeout:g}s (timeouts.client_send)"
@@ -627,7 +666,7 @@ class Proxy:
                 # complete-looking one.
                 log.warning("request %s: %s; response truncated", ctx.request_id, exc.message)
                 self.metrics.truncated.inc()
-                self.metrics.response(status, clock.monotonic() - ctx.received)
+                self.metrics.response(status, clock.monotonic() - ctx.received, ctx.pool)
                 if exchange is not None:
                     exchange.ended = "upstream_reset" if isinstance(exc, UpstreamReset) else "truncated"
                     exchange.error = exc.message
@@ -637,7 +676,7 @@ class Proxy:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
-        self.metrics.response(status, clock.monotonic() - ctx.received)
+        self.metrics.response(status, clock.monotonic() - ctx.received, ctx.pool)
         if self._access_log:
             self._log_access(request, ctx, status, answered.backend.name)
 
@@ -676,7 +715,9 @@ class Proxy:
         if exchange is not None:
             exchange.add(body)
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        self.metrics.response(status, self.clock.monotonic() - received)
+        self.metrics.response(
+            status, self.clock.monotonic() - received, ctx.pool if ctx is not None else self._single_pool
+        )
         if status >= 500:
             log.warning("request %s: %s -> %d", request_id, exc.message, status)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -40,6 +40,13 @@ class RequestContext:
     priority: int = 1  # 0 high, 1 normal, 2 low
     opt_out: bool = False  # the client asked for no retries or hedges
     hedge_seen: bool = False  # the hedge stage counted this request (once, however often it is retried)
+    pool: str = ""  # the pool the router chose ("" until routed; "default" without named pools)
+    # The JSON request body, parsed at most once per request (by the router or an affinity key)
+    # and shared by every retry and hedge; None when the body is not a JSON object.
+    body_doc: dict[str, Any] | None = None
+    body_parsed: bool = False
+    affinity: bytes | None = None  # the hash balancer's key, computed once per request
+    affinity_done: bool = False
 
     @property
     def tried(self) -> list[Backend]:

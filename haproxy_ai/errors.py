@@ -20,6 +20,7 @@ __all__ = [
     "Overloaded",
     "ProxyError",
     "TotalTimeout",
+    "UnknownModel",
     "UpstreamReset",
     "error_body",
     "status_for",
@@ -124,6 +125,23 @@ class InvalidRequest(ProxyError):
         self.status = status
 
 
+class UnknownModel(ProxyError):
+    """The request names a model that no pool serves (OpenAI's own answer: 404 model_not_found)."""
+
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+    source = "downstream"
+    param = "model"
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        shown = ", ".join(available[:50]) + (f" and {len(available) - 50} more" if len(available) > 50 else "")
+        super().__init__(
+            f"The model `{model}` does not exist or is not served here. Available models: {shown or 'none'}"
+        )
+        self.available = available
+
+
 def status_for(error: ProxyError) -> int:
     return error.status
 
@@ -133,14 +151,12 @@ def error_body(error: ProxyError, request_id: str) -> bytes:
 
     The message never carries request headers, so no credential can leak through it.
     """
-    return json.dumps(
-        {
-            "error": {
-                "message": error.message,
-                "type": error.type,
-                "code": error.code,
-                "request_id": request_id,
-            }
-        },
-        separators=(",", ":"),
-    ).encode()
+    detail: dict[str, object] = {"message": error.message, "type": error.type}
+    param = getattr(error, "param", None)
+    if param is not None:
+        detail["param"] = param
+    detail["code"] = error.code
+    detail["request_id"] = request_id
+    if isinstance(error, UnknownModel):
+        detail["available_models"] = error.available
+    return json.dumps({"error": detail}, separators=(",", ":")).encode()

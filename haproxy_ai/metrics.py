@@ -43,11 +43,15 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "haproxy_ai_requests", "Requests answered to clients, by status code.", ["code"], registry=r
+            "haproxy_ai_requests",
+            "Requests answered to clients, by pool and status code (pool is empty when none was chosen).",
+            ["pool", "code"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "haproxy_ai_request_duration_seconds",
-            "Time from request received to the last response byte sent.",
+            "Time from request received to the last response byte sent, by pool.",
+            ["pool"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -60,19 +64,19 @@ class Metrics:
         self.attempts = Counter(
             "haproxy_ai_upstream_attempts",
             "Attempts to backends, by classified outcome.",
-            ["backend", "outcome"],
+            ["pool", "backend", "outcome"],
             registry=r,
         )
         self.responses = Counter(
             "haproxy_ai_backend_responses",
             "Responses received from each backend, by status class (2xx, 4xx, 5xx...).",
-            ["backend", "code_class"],
+            ["pool", "backend", "code_class"],
             registry=r,
         )
         self.ttfb = Histogram(
             "haproxy_ai_upstream_ttfb_seconds",
             "Time from sending a request to a backend until the first body byte (for streams: the first token).",
-            ["backend"],
+            ["pool", "backend"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -87,15 +91,20 @@ class Metrics:
             registry=r,
         )
         # Resilience
-        self.retries = Counter("haproxy_ai_retries", "Retries, by the condition retried.", ["reason"], registry=r)
+        self.retries = Counter(
+            "haproxy_ai_retries", "Retries, by pool and the condition retried.", ["pool", "reason"], registry=r
+        )
         self.retry_budget_exhausted = Counter(
-            "haproxy_ai_retry_budget_exhausted", "Retries refused because the retry budget was spent.", registry=r
+            "haproxy_ai_retry_budget_exhausted",
+            "Retries refused because the pool's retry budget was spent.",
+            ["pool"],
+            registry=r,
         )
         self.hedges = Counter(
             "haproxy_ai_hedges",
             "Hedged attempts: fired, won (the hedge answered first), cancelled (a loser stopped), "
             "budget_exhausted and brownout (a hedge that was due but not sent).",
-            ["result"],
+            ["pool", "result"],
             registry=r,
         )
         self.shed = Counter(
@@ -115,40 +124,87 @@ class Metrics:
         )
         # Health
         self.probes = Counter(
-            "haproxy_ai_health_probes", "Active health probes, by result.", ["backend", "result"], registry=r
+            "haproxy_ai_health_probes", "Active health probes, by result.", ["pool", "backend", "result"], registry=r
         )
         self.ejections = Counter(
             "haproxy_ai_ejections",
             "Passive ejections (outlier detection), by reason.",
-            ["backend", "reason"],
+            ["pool", "backend", "reason"],
             registry=r,
         )
         self.ejections_skipped = Counter(
             "haproxy_ai_ejections_skipped",
             "Ejections not carried out because max_ejection_percent of the pool was already ejected.",
-            ["backend"],
+            ["pool", "backend"],
             registry=r,
         )
         self.stalls = Counter(
-            "haproxy_ai_stream_stalls", "Streams silent for stall_timeout after their headers.", ["backend"], registry=r
+            "haproxy_ai_stream_stalls",
+            "Streams silent for stall_timeout after their headers.",
+            ["pool", "backend"],
+            registry=r,
         )
         self.panic = Gauge(
-            "haproxy_ai_panic_mode", "1 while too few backends are healthy and all enabled ones are used.", registry=r
+            "haproxy_ai_panic_mode",
+            "1 while too few of the pool's backends are healthy and all enabled ones are used.",
+            ["pool"],
+            registry=r,
         )
         self._state = Gauge(
             "haproxy_ai_backend_state",
             "1 for the backend's current state, 0 for the others.",
-            ["backend", "state"],
+            ["pool", "backend", "state"],
             registry=r,
         )
-        self._up = Gauge("haproxy_ai_backend_up", "1 if the backend is healthy, else 0.", ["backend"], registry=r)
+        self._up = Gauge(
+            "haproxy_ai_backend_up", "1 if the backend is healthy, else 0.", ["pool", "backend"], registry=r
+        )
         self._inflight = Gauge(
-            "haproxy_ai_backend_inflight", "Requests in flight to each backend.", ["backend"], registry=r
+            "haproxy_ai_backend_inflight", "Requests in flight to each backend.", ["pool", "backend"], registry=r
         )
         self._weight = Gauge(
-            "haproxy_ai_backend_weight", "Effective weight of each backend (after slow start).", ["backend"], registry=r
+            "haproxy_ai_backend_weight",
+            "Effective weight of each backend (after slow start).",
+            ["pool", "backend"],
+            registry=r,
         )
-        self._codes: dict[int, Any] = {}
+        # Routing
+        self.routed = Counter(
+            "haproxy_ai_routed_requests",
+            "Requests sent to each pool, by how the pool was chosen.",
+            ["pool", "by"],
+            registry=r,
+        )
+        self.unknown_models = Counter(
+            "haproxy_ai_unknown_model_requests", "Requests refused with 404 for a model no pool serves.", registry=r
+        )
+        self.model_fetches = Counter(
+            "haproxy_ai_model_list_fetches",
+            "Fetches of a pool's model list from its replicas, by result.",
+            ["pool", "result"],
+            registry=r,
+        )
+        # Replica metrics scraped for load-aware picks
+        self.scrapes = Counter(
+            "haproxy_ai_replica_scrapes",
+            "Scrapes of replicas' own metrics, by result.",
+            ["pool", "backend", "result"],
+            registry=r,
+        )
+        self.replica_waiting = Gauge(
+            "haproxy_ai_replica_waiting",
+            "Requests queued in the replica's engine, as last scraped.",
+            ["pool", "backend"],
+            registry=r,
+        )
+        self.replica_kv_cache = Gauge(
+            "haproxy_ai_replica_kv_cache_usage",
+            "The replica's KV-cache use (0..1), as last scraped.",
+            ["pool", "backend"],
+            registry=r,
+        )
+        self._codes: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
         self._attempt_children: dict[tuple[str, Outcome], Any] = {}
         self._response_children: dict[tuple[str, int], Any] = {}
         self._ttfb_children: dict[str, Any] = {}
@@ -172,16 +228,16 @@ class Metrics:
 
     def track_backend(self, backend: Backend, health: _WeightSource) -> None:
         """Export gauges for ``backend``, read live at scrape time."""
-        name = backend.name
-        self._inflight.labels(name).set_function(_inflight_of(backend))
-        self._weight.labels(name).set_function(_weight_of(health, name))
+        pool, name = backend.pool, backend.name
+        self._inflight.labels(pool, name).set_function(_inflight_of(backend))
+        self._weight.labels(pool, name).set_function(_weight_of(health, name))
 
     def forget_backend(self, backend: Backend) -> None:
-        name = backend.name
-        for gauge in (self._inflight, self._weight, self._up):
-            _remove(gauge, name)
+        pool, name = backend.pool, backend.name
+        for gauge in (self._inflight, self._weight, self._up, self.replica_waiting, self.replica_kv_cache):
+            _remove(gauge, pool, name)
         for state in _STATES:
-            _remove(self._state, name, state)
+            _remove(self._state, pool, name, state)
         for akey in [k for k in self._attempt_children if k[0] == name]:
             del self._attempt_children[akey]
         for rkey in [k for k in self._response_children if k[0] == name]:
@@ -190,34 +246,39 @@ class Metrics:
 
     def set_state(self, backend: Backend, state: State) -> None:
         for value in _STATES:
-            self._state.labels(backend.name, value).set(1 if value == state.value else 0)
-        self._up.labels(backend.name).set(1 if state.value == "healthy" else 0)
+            self._state.labels(backend.pool, backend.name, value).set(1 if value == state.value else 0)
+        self._up.labels(backend.pool, backend.name).set(1 if state.value == "healthy" else 0)
 
     # -- request path ------------------------------------------------------------------------------
 
-    def response(self, code: int, duration: float) -> None:
-        child = self._codes.get(code)
+    def response(self, code: int, duration: float, pool: str = "") -> None:
+        child = self._codes.get((pool, code))
         if child is None:
-            child = self._codes[code] = self.requests.labels(str(code))
+            child = self._codes[(pool, code)] = self.requests.labels(pool, str(code))
         child.inc()
-        self.request_duration.observe(duration)
+        hist = self._durations.get(pool)
+        if hist is None:
+            hist = self._durations[pool] = self.request_duration.labels(pool)
+        hist.observe(duration)
 
     def attempt(self, backend: Backend, outcome: Outcome, status: int | None, ttfb: float | None) -> None:
         key = (backend.name, outcome)
         child = self._attempt_children.get(key)
         if child is None:
-            child = self._attempt_children[key] = self.attempts.labels(backend.name, outcome.value)
+            child = self._attempt_children[key] = self.attempts.labels(backend.pool, backend.name, outcome.value)
         child.inc()
         if status is not None:
             rkey = (backend.name, status // 100)
             rchild = self._response_children.get(rkey)
             if rchild is None:
-                rchild = self._response_children[rkey] = self.responses.labels(backend.name, f"{status // 100}xx")
+                rchild = self._response_children[rkey] = self.responses.labels(
+                    backend.pool, backend.name, f"{status // 100}xx"
+                )
             rchild.inc()
         if ttfb is not None:
             hist = self._ttfb_children.get(backend.name)
             if hist is None:
-                hist = self._ttfb_children[backend.name] = self.ttfb.labels(backend.name)
+                hist = self._ttfb_children[backend.name] = self.ttfb.labels(backend.pool, backend.name)
             hist.observe(ttfb)
 
 

@@ -199,7 +199,10 @@ def test_stalled_stream_counts_against_the_replica(stack: Stack) -> None:
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"  # a stall is reported, the stream itself is not cut
     metrics = httpx.get(proxy.admin_url + "/metrics", trust_env=False).text
-    assert 'haproxy_ai_stream_stalls_total{backend="slowpoke"} 1.0' in metrics
+    stalls = [f for f in text_string_to_metric_families(metrics) if f.name == "haproxy_ai_stream_stalls"]
+    assert [(s.labels, s.value) for s in stalls[0].samples if s.name.endswith("_total")] == [
+        ({"pool": "default", "backend": "slowpoke"}, 1.0)
+    ]
 
 
 def test_reload_via_admin_rejects_bad_config_and_applies_good_one(stack: Stack, tmp_path: Path) -> None:

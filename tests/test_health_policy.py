@@ -79,6 +79,8 @@ class Harness:
         self.sup.tick()
 
     def sample(self, name: str, **labels: str) -> float:
+        if "backend" in labels or name == "haproxy_ai_panic_mode":
+            labels = {"pool": "default", **labels}
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 

@@ -379,10 +379,10 @@ def test_metrics_and_admin_endpoints(stack: Stack, upstream_client: str) -> None
             assert c.post("/v1/completions", json={"prompt": "x"}).status_code == 200
     with client(proxy.admin_url) as admin:
         metrics = admin.get("/metrics").text
-        assert 'haproxy_ai_requests_total{code="200"} 3.0' in metrics
-        assert 'haproxy_ai_upstream_attempts_total{backend="only",outcome="success"} 3.0' in metrics
+        assert 'haproxy_ai_requests_total{code="200",pool="default"} 3.0' in metrics
+        assert 'haproxy_ai_upstream_attempts_total{backend="only",outcome="success",pool="default"} 3.0' in metrics
         assert "haproxy_ai_proxy_overhead_seconds_count 3.0" in metrics
-        assert 'haproxy_ai_backend_inflight{backend="only"} 0.0' in metrics
+        assert 'haproxy_ai_backend_inflight{backend="only",pool="default"} 0.0' in metrics
         rows = admin.get("/admin/backends").json()["backends"]
         assert rows[0]["name"] == "only" and rows[0]["requests"] == 3 and rows[0]["routable"] is True
         assert admin.get("/healthz").status_code == 200

@@ -62,7 +62,7 @@ def build_admin_app(proxy: Proxy) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         # Readiness: take traffic only if a backend is routable and we are not draining.
-        routable = len(proxy.registry.snapshot().routable)
+        routable = proxy.fleet.routable_count()
         if proxy.draining:
             return PlainTextResponse("draining\n", status_code=503)
         if not proxy.started:
@@ -90,6 +90,11 @@ def build_admin_app(proxy: Proxy) -> Starlette:
                 "backends": [health.describe(r) for r in health.records()],
             }
         )
+
+    async def pools(request: Request) -> Response:
+        if proxy.fleet.catalog is not None and request.query_params.get("refresh") == "1":
+            await proxy.fleet.catalog.refresh(only_stale=False)
+        return JSONResponse({"routed": proxy.settings.routed, "pools": proxy.fleet.describe_pools()})
 
     async def backend(request: Request) -> Response:
         try:
@@ -179,6 +184,7 @@ def build_admin_app(proxy: Proxy) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/admin/backends", guarded(backends)),
+            Route("/admin/pools", guarded(pools)),
             Route("/admin/backends/{name}", guarded(backend)),
             Route("/admin/backends/{name}/drain", guarded(action("drain")), methods=["POST"]),
             Route("/admin/backends/{name}/disable", guarded(action("disable")), methods=["POST"]),

@@ -56,8 +56,10 @@ class HealthSupervisor:
         metrics: Metrics,
         rng: random.Random,
         backend_settings: Iterable[BackendSettings] = (),
+        pool: str = "default",
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self._registry = registry
         self._clock = clock
         self._metrics = metrics
@@ -217,7 +219,7 @@ class HealthSupervisor:
         if record is None or record.backend is not backend or not self.settings.passive.enabled:
             return
         now = self._clock.monotonic()
-        self._metrics.stalls.labels(backend.name).inc()
+        self._metrics.stalls.labels(backend.pool, backend.name).inc()
         if not self._counts(record, now):
             return
         reason = record.detector.record(True, now)
@@ -247,7 +249,7 @@ class HealthSupervisor:
                 "backend=%s ejection skipped: %d of %d already ejected (max_ejection_percent=%g)",
                 record.backend.name, ejected, len(pool), passive.max_ejection_percent,
             )  # fmt: skip
-            self._metrics.ejections_skipped.labels(record.backend.name).inc()
+            self._metrics.ejections_skipped.labels(record.backend.pool, record.backend.name).inc()
             record.detector.reset()
             return
         # Ejections a long time apart do not compound (Envoy decrements its multiplier the same way).
@@ -258,7 +260,7 @@ class HealthSupervisor:
         record.ejected_until = now + duration
         record.last_ejection_end = record.ejected_until
         record.detector.reset()
-        self._metrics.ejections.labels(record.backend.name, reason).inc()
+        self._metrics.ejections.labels(record.backend.pool, record.backend.name, reason).inc()
         self._update(record, now, f"{reason}: {cause}; ejected {duration:g}s (#{record.ejections})")
 
     def _cooldown(self, record: BackendHealth, seconds: float, now: float) -> None:
@@ -275,7 +277,7 @@ class HealthSupervisor:
         if record is None or record.backend is not backend:
             return
         record.last_probe = result
-        self._metrics.probes.labels(backend.name, "success" if result.ok else "failure").inc()
+        self._metrics.probes.labels(backend.pool, backend.name, "success" if result.ok else "failure").inc()
         flipped = record.rise_fall.record(result.ok, result.detail)
         if flipped is not None:
             # A passing probe does not lift a passive ejection: the data path may be failing
@@ -342,7 +344,7 @@ class HealthSupervisor:
             self._overrides[name] = new.health_check
             existing = self._records.get(name)
             if existing is None:
-                record = self._add(Backend(new.name, new.url, new.weight, BackendStats(decay)))
+                record = self._add(Backend(new.name, new.url, new.weight, BackendStats(decay), pool=self.pool))
                 if self.settings.slow_start > 0:
                     record.recovered_at = now  # a new replica is likely cold: ramp it up too
                 self._start_prober(record)
@@ -426,7 +428,7 @@ class HealthSupervisor:
             )  # fmt: skip
         self._last_published = key
         self._registry.publish(key[0], key[1], weights, panic=panic)
-        self._metrics.panic.set(1 if panic else 0)
+        self._metrics.panic.labels(self.pool).set(1 if panic else 0)
 
     # -- views -------------------------------------------------------------------------------------
 

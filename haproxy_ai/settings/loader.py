@@ -17,7 +17,16 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, ConfigIssue
-from .schema import SECTIONS, BackendSettings, MirrorSettings, Settings, SinkSettings
+from .schema import (
+    SECTIONS,
+    BackendSettings,
+    MirrorSettings,
+    PoolSettings,
+    RouteSettings,
+    RoutingSettings,
+    Settings,
+    SinkSettings,
+)
 from .values import format_delay, format_duration, format_size, format_statuses, parse_scalar
 
 __all__ = [
@@ -66,12 +75,18 @@ class _Parser:
                 continue
             kind = f.metadata["kind"]
             if kind == "section":
-                # Start from the field's own default: a nested section may default differently
-                # from its class (hedge.budget is smaller than retry.budget).
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-                values[f.name] = self.section(f.metadata["cls"], raw, sub, base=default)
+                # Start from the base's value: a nested section may default differently from its
+                # class (hedge.budget is smaller than retry.budget), and a pool's sections start
+                # from the top-level ones.
+                values[f.name] = self.section(f.metadata["cls"], raw, sub, base=getattr(base, f.name))
             elif kind == "sinks":
                 values[f.name] = self.sinks(raw, sub)
+            elif kind == "backends":
+                values[f.name] = self.backends(raw, sub)
+            elif kind == "routes":
+                values[f.name] = self.routes(raw, sub)
+            elif kind in ("model_map", "headers"):
+                values[f.name] = self.string_map(raw, sub, headers=kind == "headers")
             elif kind == "overrides":
                 values[f.name] = tuple(self.partial(f.metadata["cls"], raw, sub).items())
             else:
@@ -126,6 +141,108 @@ class _Parser:
             seen[backend.name] = i
             result.append(backend)
         return tuple(result)
+
+    def routes(self, data: Any, path: str) -> tuple[RouteSettings, ...]:
+        if data is None:
+            return ()
+        if not isinstance(data, Sequence) or isinstance(data, str | bytes):
+            self.error(
+                path, "must be a list like [{model: llama-*, pool: llama}, {path_prefix: /v1/embeddings, pool: emb}]"
+            )
+            return ()
+        result: list[RouteSettings] = []
+        for i, item in enumerate(data):
+            sub = f"{path}[{i}]"
+            before = len(self.issues)
+            route = self.section(RouteSettings, item, sub)
+            if len(self.issues) > before:
+                continue
+            if not route.pool:
+                self.error(f"{sub}.pool", "is required: the pool that receives matching requests")
+                continue
+            if route.path_prefix and not route.path_prefix.startswith("/"):
+                self.error(f"{sub}.path_prefix", f"must start with '/', got {route.path_prefix!r}")
+                continue
+            result.append(route)
+        return tuple(result)
+
+    def string_map(self, data: Any, path: str, *, headers: bool) -> tuple[tuple[str, str], ...]:
+        if data is None:
+            return ()
+        if not isinstance(data, Mapping):
+            example = "{x-tenant: gold}" if headers else "{gpt-4o: llama, qwen-*: qwen}"
+            self.error(path, f"must be a mapping like {example}")
+            return ()
+        result: list[tuple[str, str]] = []
+        for key, value in data.items():
+            sub = f"{path}.{key}"
+            if not isinstance(key, str) or not key or not isinstance(value, str | int | float) or value == "":
+                self.error(sub, "keys and values must be non-empty strings")
+                continue
+            if headers and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
+                self.error(sub, f"{key!r} is not a valid header name")
+                continue
+            result.append((key.lower() if headers else key, str(value)))
+        return tuple(result)
+
+    def pools(self, data: Any, path: str, root: Settings) -> tuple[PoolSettings, ...]:
+        if data is None:
+            return ()
+        if not isinstance(data, Mapping) or not data:
+            self.error(path, "must be a mapping of pool names to {backends: [...], ...}")
+            return ()
+        # A pool's sections start from the top-level ones; its keys override them.
+        base = PoolSettings(
+            balancer=root.balancer,
+            scrape=root.scrape,
+            health=root.health,
+            retry=root.retry,
+            hedge=root.hedge,
+            backend_max_in_flight=root.limits.backend_max_in_flight,
+        )
+        result: list[PoolSettings] = []
+        owner: dict[str, str] = {}
+        for name, item in data.items():
+            sub = f"{path}.{name}"
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                self.error(sub, f"pool name {name!r}: use letters, digits, '_', '.' or '-'")
+                continue
+            if isinstance(item, Mapping) and "name" in item:
+                self.error(f"{sub}.name", "the pool's name is its key under `pools`")
+                continue
+            before = len(self.issues)
+            pool = self.section(PoolSettings, item, sub, base=dataclasses.replace(base, name=name))
+            if len(self.issues) > before:
+                continue
+            if not pool.backends:
+                self.error(f"{sub}.backends", "a pool needs at least one backend")
+                continue
+            for i, backend in enumerate(pool.backends):
+                if backend.name in owner:
+                    self.error(
+                        f"{sub}.backends[{i}].name",
+                        f"backend name {backend.name!r} is also in pool {owner[backend.name]!r}; names are unique"
+                        " across pools (set name:)",
+                    )
+                owner.setdefault(backend.name, name)
+            result.append(pool)
+        return tuple(result)
+
+    def check_routing(self, settings: Settings, given: bool) -> None:
+        routing: RoutingSettings = settings.routing
+        if not settings.pools:
+            if given:
+                self.error("routing", "needs `pools`: routes send requests to named pools")
+            return
+        names = [p.name for p in settings.pools]
+        for i, route in enumerate(routing.routes):
+            if route.pool not in names:
+                self.error(f"routing.routes[{i}].pool", f"unknown pool {route.pool!r}; pools: {', '.join(names)}")
+        for model, pool in routing.models:
+            if pool not in names:
+                self.error(f"routing.models.{model}", f"unknown pool {pool!r}; pools: {', '.join(names)}")
+        if routing.default_pool and routing.default_pool not in names:
+            self.error("routing.default_pool", f"unknown pool {routing.default_pool!r}; pools: {', '.join(names)}")
 
     def sinks(self, data: Any, path: str) -> tuple[SinkSettings, ...]:
         if data is None:
@@ -237,17 +354,26 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
     for key, value in data.items():
         if key == "backends":
             sections["backends"] = parser.backends(value, "backends")
+        elif key == "pools":
+            continue  # after the top-level sections, which pools inherit from
         elif key in SECTIONS:
             sections[key] = parser.section(SECTIONS[key], value, key)
         else:
-            hint = _closest(str(key), {**SECTIONS, "backends": None})
+            hint = _closest(str(key), {**SECTIONS, "backends": None, "pools": None})
             parser.error(str(key), "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
     settings = Settings(**sections)
+    if "pools" in data:
+        if data.get("backends"):
+            parser.error("pools", "use either top-level `backends` (one pool) or `pools`, not both")
+        settings = dataclasses.replace(settings, pools=parser.pools(data["pools"], "pools", settings))
+    parser.check_routing(settings, "routing" in data)
     parser.check_mirror(settings.mirror)
     parser.check_networks("listen.trusted_proxies", settings.listen.trusted_proxies)
-    has_backend_errors = any(i.path.startswith("backends") for i in parser.issues)
-    if require_backends and not settings.backends and not has_backend_errors:
-        parser.error("backends", "at least one backend is required (config file, --backend or HAPROXY_AI_BACKENDS)")
+    has_backend_errors = any(i.path.startswith(("backends", "pools")) for i in parser.issues)
+    if require_backends and not settings.backends and not settings.pools and not has_backend_errors:
+        parser.error(
+            "backends", "at least one backend is required (config file, --backend, HAPROXY_AI_BACKENDS or pools)"
+        )
     if (
         settings.admin.enabled
         and settings.admin.port == settings.listen.port != 0
@@ -444,6 +570,8 @@ def _format_value(kind: str | None, value: Any) -> Any:
         return format_delay(value)
     if kind in ("words", "strings"):
         return list(value)
+    if kind in ("model_map", "headers"):
+        return dict(value)
     if kind == "secret":
         return "<redacted>" if value else ""
     return settings_to_dict(value)

@@ -20,7 +20,10 @@ __all__ = [
     "ListenSettings",
     "MirrorSettings",
     "PassiveSettings",
+    "PoolSettings",
     "RedactSettings",
+    "RouteSettings",
+    "RoutingSettings",
     "ScrapeSettings",
     "Settings",
     "SinkSettings",
@@ -349,6 +352,65 @@ class MirrorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """One pool: replicas serving the same models, with its own balancer, health, retry and
+    hedge settings (each a partial override of the top-level section of that name)."""
+
+    name: str = _f("", "str", "the pool's name (its key under `pools`)")
+    backends: tuple[BackendSettings, ...] = field(
+        default=(), metadata={"kind": "backends", "doc": "the pool's replicas, like the top-level backends list"}
+    )
+    models: tuple[str, ...] = _f((), "strings", "models this pool serves (added to those its replicas list)")
+    discover_models: bool = _f(True, "bool", "learn the pool's models from its replicas' GET /v1/models")
+    balancer: BalancerSettings = _section(BalancerSettings, "overrides of the top-level balancer section")
+    scrape: ScrapeSettings = _section(ScrapeSettings, "overrides of the top-level scrape section")
+    health: HealthSettings = _section(HealthSettings, "overrides of the top-level health section")
+    retry: RetrySettings = _section(RetrySettings, "overrides of the top-level retry section")
+    hedge: HedgeSettings = _section(HedgeSettings, "overrides of the top-level hedge section")
+    backend_max_in_flight: int = _f(
+        0, "int", "per backend of this pool (default: limits.backend_max_in_flight); more wait in the queue", min=0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """A route: every condition given must match; the first matching route names the pool."""
+
+    pool: str = _f("", "str", "the pool that receives matching requests")
+    path_prefix: str = _f("", "str", "the request path starts with this ('' = any)")
+    methods: tuple[str, ...] = _f(
+        (),
+        "words",
+        "the request method is one of these (empty = any)",
+        choices=("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"),
+    )
+    headers: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"kind": "headers", "doc": "header: value pairs that must all match (values may be globs)"}
+    )
+    model: tuple[str, ...] = _f((), "strings", "the body's `model` is one of these names or globs (llama-*)")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    routes: tuple[RouteSettings, ...] = field(
+        default=(), metadata={"kind": "routes", "doc": "first match wins: [{model: llama-*, pool: llama}, ...]"}
+    )
+    models: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"kind": "model_map", "doc": "model name or glob -> pool, tried after routes"}
+    )
+    default_pool: str = _f("", "str", "pool for requests without a model that match no route (default: the first)")
+    unknown_model: str = _f(
+        "reject",
+        "choice",
+        "a model no pool serves: reject (404 listing the models) or default (send to default_pool)",
+        choices=("reject", "default"),
+    )
+    serve_models: bool = _f(True, "bool", "answer GET /v1/models with the union of every pool's models")
+    models_refresh: float = _f(30.0, "duration", "how long a pool's fetched model list is trusted", gt=0)
+    models_timeout: float = _f(2.0, "duration", "fetching a replica's /v1/models", gt=0)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: ListenSettings = field(default_factory=ListenSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
@@ -363,6 +425,32 @@ class Settings:
     hedge: HedgeSettings = field(default_factory=HedgeSettings)
     availability: AvailabilitySettings = field(default_factory=AvailabilitySettings)
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
+    # Named pools; empty means one pool, "default", made of `backends` and the top-level sections.
+    pools: tuple[PoolSettings, ...] = ()
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+
+    @property
+    def routed(self) -> bool:
+        """Whether requests are routed between named pools (otherwise one pool takes everything)."""
+        return bool(self.pools)
+
+    def effective_pools(self) -> tuple[PoolSettings, ...]:
+        """The pools to run: the named ones, or the one default pool of the top-level sections."""
+        if self.pools:
+            return self.pools
+        return (
+            PoolSettings(
+                name="default",
+                backends=self.backends,
+                discover_models=False,
+                balancer=self.balancer,
+                scrape=self.scrape,
+                health=self.health,
+                retry=self.retry,
+                hedge=self.hedge,
+                backend_max_in_flight=self.limits.backend_max_in_flight,
+            ),
+        )
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -378,4 +466,5 @@ SECTIONS: dict[str, type[Any]] = {
     "hedge": HedgeSettings,
     "availability": AvailabilitySettings,
     "mirror": MirrorSettings,
+    "routing": RoutingSettings,
 }

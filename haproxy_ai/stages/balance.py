@@ -39,8 +39,10 @@ class Balance:
         queue_timeout: float = 10.0,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        key_of: Callable[[ProxyRequest, RequestContext], bytes | None] | None = None,
     ) -> None:
         self._next = next
+        self._key_of = key_of  # the affinity key, for a hash balancer
         self._registry = registry
         self._balancer = balancer
         self._rng = rng
@@ -57,6 +59,7 @@ class Balance:
 
     async def __call__(self, request: ProxyRequest, ctx: RequestContext) -> UpstreamResponse:
         waited = False
+        key = self._key_of(request, ctx) if self._key_of is not None else None
         while True:
             snapshot = self._registry.snapshot()
             candidates, weights = snapshot.routable, snapshot.weights
@@ -70,17 +73,19 @@ class Balance:
                 limit = self._max
                 free = [(b, w) for b, w in zip(candidates, weights, strict=True) if b.stats.inflight < limit]
                 candidates, weights = tuple(b for b, _ in free), tuple(w for _, w in free)
-            backend = self._pick(candidates, weights, ctx)
+            backend = self._pick(candidates, weights, ctx, key)
             if backend is not None:
                 return await self._next(request, ctx, backend)
             await self._wait(ctx)  # every routable backend is at its limit
             waited = True
 
-    def _pick(self, candidates: tuple[Backend, ...], weights: tuple[float, ...], ctx: RequestContext) -> Backend | None:
+    def _pick(
+        self, candidates: tuple[Backend, ...], weights: tuple[float, ...], ctx: RequestContext, key: bytes | None
+    ) -> Backend | None:
         tried = ctx.tried if ctx.attempts else ()
-        backend = self._balancer.pick(candidates, weights, tried, self._rng)
+        backend = self._balancer.pick(candidates, weights, tried, self._rng, key)
         if backend is None and tried:
-            backend = self._balancer.pick(candidates, weights, (), self._rng)
+            backend = self._balancer.pick(candidates, weights, (), self._rng, key)
         return backend
 
     async def _wait(self, ctx: RequestContext) -> None:

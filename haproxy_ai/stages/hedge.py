@@ -39,7 +39,9 @@ class Hedge:
         registry: Registry,
         clock: Clock,
         metrics: Metrics,
+        pool: str = "default",
     ) -> None:
+        self._pool = pool  # metrics label
         self._next = next
         self._methods = methods
         self._max_hedges = max_hedges
@@ -82,7 +84,7 @@ class Hedge:
                             self._guard.record(would_hedge=True)
                     if self._may_hedge(ctx):
                         hedges_left -= 1
-                        self._metrics.hedges.labels("fired").inc()
+                        self._metrics.hedges.labels(self._pool, "fired").inc()
                         tasks.append(asyncio.ensure_future(self._to_first_byte(request, ctx)))
                     else:
                         hedges_left = 0  # not for this request: just wait for what is in flight
@@ -96,7 +98,7 @@ class Hedge:
                     if winner is None and self._usable(peeked.status):
                         winner = peeked
                         if task is not tasks[0]:
-                            self._metrics.hedges.labels("won").inc()
+                            self._metrics.hedges.labels(self._pool, "won").inc()
                     elif fallback is None:
                         fallback = peeked
             if would_hedge is None and first_race:
@@ -113,7 +115,7 @@ class Hedge:
             losers = [t for t in tasks if not t.done()]
             for task in losers:
                 task.cancel()
-                self._metrics.hedges.labels("cancelled").inc()
+                self._metrics.hedges.labels(self._pool, "cancelled").inc()
             try:
                 if losers:
                     await asyncio.wait(losers)  # raises nothing of theirs
@@ -136,10 +138,10 @@ class Hedge:
         if not self._registry.snapshot().has_untried({a.backend for a in ctx.attempts}):
             return False
         if not self._guard.allows():
-            self._metrics.hedges.labels("brownout").inc()
+            self._metrics.hedges.labels(self._pool, "brownout").inc()
             return False
         if spend and not self._budget.try_spend():
-            self._metrics.hedges.labels("budget_exhausted").inc()
+            self._metrics.hedges.labels(self._pool, "budget_exhausted").inc()
             return False
         return True
 

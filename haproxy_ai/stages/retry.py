@@ -34,7 +34,9 @@ class Retry:
         clock: Clock,
         metrics: Metrics,
         max_wait: float = 60.0,
+        pool: str = "default",
     ) -> None:
+        self._pool = pool  # metrics label
         self._next = next
         self._max_wait = max_wait  # never hold a request longer than this for one Retry-After
         self._policy = policy
@@ -86,12 +88,12 @@ class Retry:
                     delay = max(delay, retry_after)
             if not decision.retry:
                 if decision.reason == "budget_exhausted":
-                    self._metrics.retry_budget_exhausted.inc()
+                    self._metrics.retry_budget_exhausted.labels(self._pool).inc()
                 if response is not None:
                     return response
                 assert error is not None
                 raise error
-            self._metrics.retries.labels(decision.reason).inc()
+            self._metrics.retries.labels(self._pool, decision.reason).inc()
             if response is not None:
                 await response.aclose(abandoned=True)
             if delay > 0:

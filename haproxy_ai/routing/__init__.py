@@ -1,0 +1,19 @@
+"""Routing between pools: the route table, the model catalog, request inspection, the router stage."""
+
+from .catalog import ModelCatalog, PoolModels
+from .inspect import affinity_key, body_of, model_of, prompt_prefix, system_prompt
+from .router import Router
+from .table import ModelMatcher, RouteTable
+
+__all__ = [
+    "ModelCatalog",
+    "ModelMatcher",
+    "PoolModels",
+    "RouteTable",
+    "Router",
+    "affinity_key",
+    "body_of",
+    "model_of",
+    "prompt_prefix",
+    "system_prompt",
+]
