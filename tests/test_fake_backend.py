@@ -131,6 +131,14 @@ def test_chat_non_stream_has_content_and_usage() -> None:
                 "errors": 0,
                 "resets": 0,
                 "in_flight": 0,
+                # The engine model's keys (tests/test_fake_backend_cache.py): both prompts are
+                # shorter than one 64-character block, so nothing was cacheable.
+                "running": 0,
+                "waiting": 0,
+                "prefix_cache_queries": 0,
+                "prefix_cache_hits": 0,
+                "prefix_cache_blocks": 0,
+                "kv_cache_usage": 0.0,
                 "fault": "ok",
             }
 

@@ -12,6 +12,14 @@ token count, plus test hooks:
   ``requests == completed + errors + cancelled + resets + in_flight``.
 * ``/_echo`` reflects the request line, headers (original order and case) and body, to check
   that a proxy passes requests through untouched.
+* ``/metrics`` serves the engine's load as vLLM does (``vllm:num_requests_running``,
+  ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``, prefix-cache counters, ...), so
+  load-aware routing and prefix-cache affinity can be measured against it.
+
+An engine model sits behind the faults: at most ``max_batch`` generations run at once, the rest
+queue FIFO; a vLLM-style prefix cache (chained block hashes, LRU) remembers prompt blocks, and
+``prefill_per_kchar`` makes time to first token grow with the characters it missed. The
+defaults (no batch limit, no prefill cost) leave timing as it was.
 
 Faults act on inference requests as they arrive, before the configured latency (``slow``
 adds to it). Configured errors (``error_rate``) are sent after the latency, like a replica
@@ -20,7 +28,8 @@ keeps answering 200 except in ``error`` mode, because real model servers report 
 their inference path is stuck.
 
 Modules: ``options`` (settings and CLI flags), ``faults``, ``stats``, ``openai_format`` (wire
-format), ``inference`` (the inference request path) and ``server`` (``FakeBackend`` itself).
+format), ``cache`` (the prefix cache), ``scheduler`` (batch slots and queue), ``metrics``
+(``/metrics``), ``inference`` (the inference request path) and ``server`` (``FakeBackend``).
 Run one from a shell with ``haproxy-ai fake-backend --port 8001 --latency 50ms``.
 """
 

@@ -1,8 +1,10 @@
 """The inference path: one chat or completions request through faults, latency and the answer.
 
 Faults act on requests as they arrive, before the configured latency (``slow`` adds to it).
-Configured errors (``error_rate``) are sent after the latency, like a replica that fails while
-working. Every request ends in exactly one ``FakeStats`` outcome.
+A request that gets past them is scheduled: it waits for a batch slot, then its time to first
+token is the latency plus prefill of the prompt characters the prefix cache missed. Configured
+errors (``error_rate``) are sent after that, like a replica that fails while working. Every
+request ends in exactly one ``FakeStats`` outcome.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import time
 
 from aiohttp import web
 
-from .faults import FaultSwitch
+from .faults import Fault, FaultSwitch
+from .metrics import EngineMetrics
 from .openai_format import BadRequest, Plan, error_response, full_body, plan_request, stream_events
 from .options import FakeBackendOptions
+from .scheduler import Scheduler
 from .stats import FakeStats, Outcome
 
 __all__ = ["InferenceHandler"]
@@ -56,13 +60,23 @@ class InferenceHandler:
     """The aiohttp handlers for ``/v1/chat/completions`` and ``/v1/completions``.
 
     Owns the random number generator (seeded by ``options.seed``) and the response id counter;
-    shares ``stats`` and ``faults`` with the ``FakeBackend`` that routes to it.
+    shares ``stats``, ``faults``, ``scheduler`` and ``engine`` with the ``FakeBackend`` that
+    routes to it.
     """
 
-    def __init__(self, options: FakeBackendOptions, stats: FakeStats, faults: FaultSwitch) -> None:
+    def __init__(
+        self,
+        options: FakeBackendOptions,
+        stats: FakeStats,
+        faults: FaultSwitch,
+        scheduler: Scheduler,
+        engine: EngineMetrics,
+    ) -> None:
         self._options = options
         self._stats = stats
         self._faults = faults
+        self._scheduler = scheduler
+        self._engine = engine
         self._rng = random.Random(options.seed)
         self._ids = itertools.count(1)
 
@@ -97,6 +111,7 @@ class InferenceHandler:
             self._stats._finished(outcome)
 
     async def _serve(self, request: web.Request, chat: bool) -> tuple[Outcome, web.StreamResponse]:
+        arrived = asyncio.get_running_loop().time()
         body = await request.read()
         # Draw every random number up front so a seeded run's sequence does not depend on
         # which faults or bodies came along.
@@ -135,11 +150,21 @@ class InferenceHandler:
             delay = options.latency + options.jitter * r_jitter
         if fault.mode == "slow":
             delay += fault.latency
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if r_error < options.error_rate:
-            return "errors", error_response(options.error_status, "injected error (error_rate)")
+        async with self._scheduler.generation(plan.prompt_text) as uncached_chars:
+            delay += options.prefill_per_kchar * uncached_chars / 1000
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if r_error < options.error_rate:
+                return "errors", error_response(options.error_status, "injected error (error_rate)")
+            self._engine.first_token(
+                asyncio.get_running_loop().time() - arrived, plan.prompt_tokens, plan.completion_tokens
+            )
+            return await self._respond(request, plan, fault, chat)
 
+    async def _respond(
+        self, request: web.Request, plan: Plan, fault: Fault, chat: bool
+    ) -> tuple[Outcome, web.StreamResponse]:
+        """Send the answer (or the start of it, for a ``reset`` fault) while holding a batch slot."""
         reset_after = fault.after_chunks if fault.mode == "reset" else None
         rid = f"{'chatcmpl' if chat else 'cmpl'}-fake{next(self._ids):06d}"
         created = int(time.time())

@@ -58,6 +58,41 @@ def _count_words(value: object) -> int:
     return 0
 
 
+def _text_of(content: object) -> str:
+    """A message's text content: a string, or the ``text`` of its ``{"type": "text"}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _prompt_text(value: object, chat: bool) -> str:
+    """The text the prefix cache sees: each chat message's role then its text, in order; or the
+    completions prompt (a list is joined; token ids count as their digits and a space)."""
+    if chat:
+        if not isinstance(value, list):
+            return ""
+        return "".join(
+            (m["role"] if isinstance(m.get("role"), str) else "") + _text_of(m.get("content"))
+            for m in value
+            if isinstance(m, dict)
+        )
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return f"{value} "
+    if isinstance(value, list):
+        return "".join(_prompt_text(item, False) for item in value)
+    return ""
+
+
 def _sse(obj: object) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -76,6 +111,7 @@ class Plan:
     completion_tokens: int
     finish_reason: str
     prompt_tokens: int
+    prompt_text: str = ""  # what the prefix cache keys on (see _prompt_text)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -117,6 +153,7 @@ def plan_request(payload: object, chat: bool, options: FakeBackendOptions) -> Pl
     if isinstance(limit, int) and limit < options.tokens:
         completion_tokens, finish_reason = limit, "length"
     model = payload.get("model")
+    prompt = payload.get("messages" if chat else "prompt")
     return Plan(
         chat=chat,
         model=model if isinstance(model, str) and model else options.model,
@@ -124,7 +161,8 @@ def plan_request(payload: object, chat: bool, options: FakeBackendOptions) -> Pl
         include_usage=stream and include_usage,
         completion_tokens=completion_tokens,
         finish_reason=finish_reason,
-        prompt_tokens=_count_words(payload.get("messages" if chat else "prompt")),
+        prompt_tokens=_count_words(prompt),
+        prompt_text=_prompt_text(prompt, chat),
     )
 
 

@@ -14,7 +14,7 @@ from ..settings import parse_duration
 
 __all__ = ["FakeBackendOptions", "add_arguments", "options_from_args"]
 
-_Kind = Literal["str", "duration", "rate", "status", "tokens", "seed"]
+_Kind = Literal["str", "duration", "rate", "status", "positive", "count", "seed"]
 
 _KINDS: Final[dict[str, _Kind]] = {
     "model": "str",
@@ -24,10 +24,14 @@ _KINDS: Final[dict[str, _Kind]] = {
     "tail_latency": "duration",
     "error_rate": "rate",
     "error_status": "status",
-    "tokens": "tokens",
+    "tokens": "positive",
     "chunk_interval": "duration",
     "seed": "seed",
     "name": "str",
+    "max_batch": "count",
+    "prefill_per_kchar": "duration",
+    "prefix_block_chars": "positive",
+    "prefix_cache_chars": "count",
 }
 
 
@@ -70,18 +74,24 @@ def _convert(kind: _Kind, value: object) -> Any:
         if not 100 <= status <= 599:
             raise ValueError(f"must be an HTTP status between 100 and 599, got {status}")
         return status
-    if kind == "tokens":
-        tokens = _to_int(value)
-        if tokens < 1:
-            raise ValueError(f"must be at least 1, got {tokens}")
-        return tokens
+    if kind == "positive":
+        number = _to_int(value)
+        if number < 1:
+            raise ValueError(f"must be at least 1, got {number}")
+        return number
+    if kind == "count":
+        number = _to_int(value)
+        if number < 0:
+            raise ValueError(f"must be 0 or more, got {number}")
+        return number
     # seed
     return None if value is None else _to_int(value)
 
 
 @dataclass(frozen=True)
 class FakeBackendOptions:
-    """How a fake replica behaves. Invalid values raise ValueError on construction."""
+    """How a fake replica behaves. Invalid values raise ValueError on construction; valid ones
+    are stored parsed, so ``latency="50ms"`` holds ``0.05`` just as ``--latency 50ms`` would."""
 
     model: str = "fake-model"
     latency: float = 0.0  # seconds before response headers (time to first token)
@@ -94,13 +104,19 @@ class FakeBackendOptions:
     chunk_interval: float = 0.0  # seconds between SSE chunks when streaming
     seed: int | None = None  # RNG seed, for reproducible runs
     name: str = ""  # replica name, echoed in a response header x-fake-backend
+    # The engine model (see scheduler.py); the defaults leave timing exactly as without it.
+    max_batch: int = 0  # generations running at once; more wait in a FIFO queue (0 = no limit)
+    prefill_per_kchar: float = 0.0  # extra time to first token per 1000 prompt chars not in the prefix cache
+    prefix_block_chars: int = 64  # prefix-cache block size, in prompt characters
+    prefix_cache_chars: int = 200_000  # prefix-cache capacity, in characters (whole blocks; 0 = no cache)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             try:
-                _convert(_KINDS[f.name], getattr(self, f.name))
+                value = _convert(_KINDS[f.name], getattr(self, f.name))
             except ValueError as exc:
                 raise ValueError(f"FakeBackendOptions.{f.name}: {exc}") from None
+            object.__setattr__(self, f.name, value)  # frozen: the one sanctioned way to normalise
 
 
 def _flag(name: str) -> str:
@@ -119,6 +135,10 @@ _HELP: Final[dict[str, str]] = {
     "chunk_interval": "delay between streamed tokens",
     "seed": "random seed, for reproducible latency and error sequences",
     "name": "replica name sent in the x-fake-backend header (default: host:port)",
+    "max_batch": "generations running at once; further requests queue FIFO (0 = unlimited)",
+    "prefill_per_kchar": "time to first token added per 1000 prompt characters missing from the prefix cache",
+    "prefix_block_chars": "prefix-cache block size in characters; a block hits only if its whole prefix matches",
+    "prefix_cache_chars": "prefix-cache capacity in characters, evicted least recently used (0 = no cache)",
 }
 
 

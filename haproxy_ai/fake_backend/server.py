@@ -1,7 +1,7 @@
 """``FakeBackend``: the aiohttp app, its lifecycle, and the non-inference endpoints.
 
-``/health``, ``/v1/models``, ``/_echo``, ``/_stats`` and ``/_fault`` are answered here;
-``/v1/chat/completions`` and ``/v1/completions`` go to ``InferenceHandler``.
+``/health``, ``/v1/models``, ``/metrics``, ``/_echo``, ``/_stats`` and ``/_fault`` are answered
+here; ``/v1/chat/completions`` and ``/v1/completions`` go to ``InferenceHandler``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from aiohttp import web
 
 from .faults import FaultSwitch
 from .inference import InferenceHandler
+from .metrics import CONTENT_TYPE, EngineMetrics, MetricsExposition
 from .openai_format import error_response
 from .options import FakeBackendOptions
+from .scheduler import Scheduler
 from .stats import FakeStats
 
 __all__ = ["FakeBackend", "serve_forever"]
@@ -43,7 +45,10 @@ class FakeBackend:
         self.options = options
         self.stats = FakeStats()
         self._faults = FaultSwitch()
-        self._inference = InferenceHandler(options, self.stats, self._faults)
+        self._scheduler = Scheduler(options, self.stats)
+        engine = EngineMetrics()
+        self._inference = InferenceHandler(options, self.stats, self._faults, self._scheduler, engine)
+        self._metrics = MetricsExposition(options.model, self._scheduler, engine)
         self._created = int(time.time())
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -60,6 +65,7 @@ class FakeBackend:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model:.+}", self._model)
+        app.router.add_get("/metrics", self._get_metrics)
         app.router.add_post("/v1/chat/completions", self._inference.chat)
         app.router.add_post("/v1/completions", self._inference.completions)
         app.router.add_route("*", "/_echo", self._echo)
@@ -182,12 +188,24 @@ class FakeBackend:
             }
         )
 
+    async def _get_metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def _stats_body(self) -> dict[str, Any]:
+        return {
+            **self.stats.snapshot(),
+            **self.stats.engine_snapshot(),
+            "prefix_cache_blocks": self._scheduler.cache.blocks,
+            "kv_cache_usage": self._scheduler.kv_cache_usage,
+            "fault": self.fault,
+        }
+
     async def _get_stats(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({**self.stats.snapshot(), "fault": self.fault})
+        return web.json_response(self._stats_body())
 
     async def _reset_stats(self, request: web.Request) -> web.StreamResponse:
         self.stats.reset()
-        return web.json_response({**self.stats.snapshot(), "fault": self.fault})
+        return web.json_response(self._stats_body())
 
     async def _get_fault(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self._faults.state())
