@@ -229,3 +229,17 @@ def test_failing_threshold_makes_main_exit_nonzero(
     assert "FAIL steady: p99 2000 ms > 500 ms" in capsys.readouterr().out
     monkeypatch.setattr(run.Run, "locust_run", lambda self, label, host, wait: _csv(self.out / label, 80, 0, "60"))
     assert run.main(["steady", "--proxy", answering_server, "--out", str(tmp_path)]) == run.EXIT_OK
+
+
+def test_affinity_benchmark_runs_every_mode_and_stops_by_itself() -> None:
+    script = ROOT / "loadtests" / "affinity.py"
+    args = ["--replicas", "2", "--conversations", "6", "--turns", "2", "--concurrency", "3", "--context", "600"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[2:]}
+    assert set(rows) == {"round_robin", "load_aware", "hash"}
+    assert all(len(values) == 5 and values[3].endswith("%") for values in rows.values())
+    bad = subprocess.run(
+        [sys.executable, str(script), "--modes", "fastest"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "--modes" in bad.stderr

@@ -58,6 +58,9 @@ def test_shipped_configs_are_valid() -> None:
     defaults = parse_settings({"backends": [{"url": b.url, "name": b.name, "weight": b.weight} for b in full.backends]})
     # The reference file documents every key with its default value.
     assert full == defaults
+    fleet = load_settings(ROOT / "config" / "pools.yaml", environ={})
+    assert [p.name for p in fleet.pools] == ["llama", "qwen", "embed"]
+    assert [p.balancer.type for p in fleet.pools] == ["hash", "load_aware", "p2c"]
 
 
 def test_errors_name_key_path_and_line(tmp_path: Path) -> None:

@@ -228,10 +228,10 @@ class _Parser:
             result.append(pool)
         return tuple(result)
 
-    def check_routing(self, settings: Settings, given: bool) -> None:
+    def check_routing(self, settings: Settings) -> None:
         routing: RoutingSettings = settings.routing
         if not settings.pools:
-            if given:
+            if routing != RoutingSettings():
                 self.error("routing", "needs `pools`: routes send requests to named pools")
             return
         names = [p.name for p in settings.pools]
@@ -366,7 +366,7 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
         if data.get("backends"):
             parser.error("pools", "use either top-level `backends` (one pool) or `pools`, not both")
         settings = dataclasses.replace(settings, pools=parser.pools(data["pools"], "pools", settings))
-    parser.check_routing(settings, "routing" in data)
+    parser.check_routing(settings)
     parser.check_mirror(settings.mirror)
     parser.check_networks("listen.trusted_proxies", settings.listen.trusted_proxies)
     has_backend_errors = any(i.path.startswith(("backends", "pools")) for i in parser.issues)
