@@ -207,6 +207,9 @@ def test_retries_and_health_stay_inside_the_pool(stack: Stack) -> None:
     assert backends["qwen-0"]["pool"] == "qwen" and backends["qwen-0"]["state"] == "healthy"
     # Panic mode and readiness are per pool: the qwen pool still serves, so the proxy is ready.
     assert httpx.get(proxy.admin_url + "/readyz", trust_env=False).status_code == 200
+    report = httpx.get(proxy.admin_url + "/admin/availability", trust_env=False).json()
+    assert set(report["pools"]) == {"llama", "qwen"}  # each pool's own model, next to the fleet's
+    assert report["pools"]["qwen"]["n"] == 1 and report["pool"]["n"] == 2
     attempts = samples(proxy, "haproxy_ai_upstream_attempts")
     assert {dict(labels)["backend"]: dict(labels)["pool"] for labels in attempts} == {
         "llama-dead": "llama",

@@ -37,13 +37,21 @@ def availability_report(proxy: Proxy, at: float | None = None) -> dict[str, Any]
     """The report over the observation window up to now, or up to ``at`` (never later than now)."""
     settings = proxy.settings.availability
     now = proxy.clock.time()
-    return pool_report(
-        proxy.health.histories(),
-        now if at is None else min(at, now),
-        k_min=settings.min_healthy,
-        crews=settings.repair_crews or None,
-        target=settings.target,
-    )
+    when = now if at is None else min(at, now)
+    options: dict[str, Any] = {
+        "k_min": settings.min_healthy,
+        "crews": settings.repair_crews or None,
+        "target": settings.target,
+    }
+    report = pool_report(proxy.health.histories(), when, **options)
+    if proxy.settings.routed:
+        # Pools serve different models: each one's own chance of keeping min_healthy replicas
+        # up is what its users see; the top level stays the whole fleet.
+        report["pools"] = {
+            name: pool_report(histories, when, **options)["pool"]
+            for name, histories in proxy.fleet.pool_histories().items()
+        }
+    return report
 
 
 class _CachedReport:
