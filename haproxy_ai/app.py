@@ -239,12 +239,18 @@ class Proxy:
         new_pools = {p.name: p for p in settings.effective_pools()}
         sections = ("listen", "admin", "balancer", "scrape", "upstream", "timeouts", "limits", "health", "routing")
         restart = [name for name in (*sections, "mirror") if getattr(settings, name) != getattr(self.settings, name)]
-        if set(old_pools) != set(new_pools):
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "reweighted": [], "replaced": []}
+        old_owner = {b.name: p.name for p in old_pools.values() for b in p.backends}
+        moved = any(old_owner.get(b.name, p.name) != p.name for p in new_pools.values() for b in p.backends)
+        if set(old_pools) != set(new_pools) or moved:
+            # New pools need their own health, pipeline and routes; a backend that changes pool
+            # would have two owners while the old one drains.
             restart.append("pools")
-            changes: dict[str, list[str]] = {"added": [], "removed": [], "reweighted": [], "replaced": []}
         else:
-            if any(dataclasses.replace(new_pools[n], backends=()) != dataclasses.replace(old_pools[n], backends=())
-                   for n in new_pools):  # fmt: skip
+            if self.settings.routed and any(
+                dataclasses.replace(new_pools[n], backends=()) != dataclasses.replace(old_pools[n], backends=())
+                for n in new_pools
+            ):
                 restart.append("pools")
             changes = self.fleet.reconfigure(new_pools.values())
             pools = tuple(dataclasses.replace(p, backends=new_pools[p.name].backends) for p in self.settings.pools)
@@ -493,11 +499,11 @@ class Proxy:
         assert catalog is not None
         try:
             # Stale lists are refetched now, within the fetch timeout; the last known ones
-            # answer when the replicas are slow.
+            # answer when the replicas are slow or failing.
             async with asyncio.timeout(self.settings.routing.models_timeout + 0.5):
                 await catalog.refresh()
-        except TimeoutError:
-            pass
+        except Exception:
+            log.warning("GET /v1/models: refreshing the model lists failed; answering the last known ones")
         if raw_path == b"/v1/models":
             doc: dict[str, Any] = {"object": "list", "data": catalog.models()}
         else:

@@ -7,6 +7,7 @@ and sections, and no router: the request path is exactly the single-pool one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -79,6 +80,12 @@ class Pool:
         )
 
     def _scraped(self, backend: Backend, load: Any, error: str | None) -> None:
+        try:
+            current = self.health.get(backend.name).backend
+        except UnknownBackend:
+            return  # removed while the scrape ran: its series are gone and must stay gone
+        if current is not backend:
+            return
         metrics = self._metrics
         metrics.scrapes.labels(self.name, backend.name, "success" if error is None else "failure").inc()
         if load is not None:
@@ -139,6 +146,11 @@ class Fleet:
                 default_pool=routing.default_pool or first.name,
                 reject_unknown=routing.unknown_model == "reject",
                 metrics=metrics,
+                prompt_keyed=frozenset(
+                    p.name
+                    for p in self
+                    if p.settings.balancer.type == "hash" and not p.settings.balancer.hash_key.startswith("header:")
+                ),
             )
         else:
             handler = first.pipeline.handler
@@ -175,6 +187,20 @@ class Fleet:
 
     def routable_count(self) -> int:
         return sum(len(p.registry.snapshot().routable) for p in self)
+
+    def serving_pools(self) -> list[str]:
+        """Pools that can take traffic: a routable backend and, where the pool probes its
+        backends, a first passing probe (backends start healthy so traffic is not refused
+        needlessly, but a model server may still be loading)."""
+        out = []
+        for pool in self:
+            if not pool.registry.snapshot().routable:
+                continue
+            probing = [r for r in pool.health.records() if pool.health.probes(r.backend.name)]
+            if probing and not any(r.last_probe is not None and r.last_probe.ok for r in probing):
+                continue
+            out.append(pool.name)
+        return out
 
     def records(self) -> list[BackendHealth]:
         return [r for p in self for r in p.health.records()]
@@ -224,14 +250,15 @@ class Fleet:
 
     def reconfigure(self, pools: Iterable[PoolSettings]) -> dict[str, list[str]]:
         """Apply reloaded backend lists to the pools of the same names (the caller checked that
-        the set of pools is unchanged). Returns what changed, by kind, across pools."""
+        the set of pools is unchanged and no backend moved between pools). Only backends
+        change; the pool's other settings are read at start. Returns what changed, by kind."""
         changes: dict[str, list[str]] = {"added": [], "removed": [], "reweighted": [], "replaced": []}
         for new in pools:
             pool = self.pools[new.name]
             backends: Sequence[BackendSettings] = new.backends
-            for kind, names in pool.health.reconfigure(backends, new.balancer.ewma_decay).items():
+            for kind, names in pool.health.reconfigure(backends, pool.settings.balancer.ewma_decay).items():
                 changes[kind].extend(names)
-            pool.settings = new
+            pool.settings = dataclasses.replace(pool.settings, backends=new.backends)
         return changes
 
     def describe_pools(self) -> list[dict[str, Any]]:

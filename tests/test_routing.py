@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_ai.settings import ConfigError, parse_settings
 
-from .support import RunningProxy, Stack, client, wait_for
+from .support import RawBackend, RunningProxy, Stack, client, wait_for
 
 _QUIET = {"active": {"enabled": False}}
 
@@ -277,3 +277,104 @@ def test_pools_inherit_top_level_sections_and_override_them() -> None:
     assert a.health.passive.consecutive_failures == b.health.passive.consecutive_failures == 7
     assert (a.balancer.type, b.balancer.type) == ("hash", "p2c")
     assert (a.backend_max_in_flight, b.backend_max_in_flight) == (4, 9)
+
+
+# -- regressions: bad inputs and odd fleets -----------------------------------------------------
+
+
+def test_a_body_too_large_to_parse_is_still_routed_by_its_model(stack: Stack) -> None:
+    proxy, names = two_pools(stack)
+    # Over the 1 MiB parse limit, "model" last (as the openai SDK orders keys) and a decoy
+    # "model" inside a message's text.
+    padding = "x" * (1024 * 1024)
+    body = {"messages": [{"role": "user", "content": f'say "model": "llama-3-8b" {padding}'}], "model": "qwen-2-7b"}
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=body, trust_env=False, timeout=30)
+    # (The simulated replica refuses bodies over 1 MiB itself: what matters is who was asked.)
+    assert r.headers["x-haproxy-ai-backend"] in names["qwen"]
+    unknown = dict(body, model="gpt-9")
+    assert httpx.post(proxy.url + "/v1/chat/completions", json=unknown, trust_env=False).status_code == 404
+
+
+def test_percent_encoded_paths_match_routes_as_the_replica_reads_them(stack: Stack) -> None:
+    proxy, names = two_pools(stack, routes=[{"path_prefix": "/_echo", "pool": "qwen"}])
+    r = httpx.get(proxy.url + "/_%65cho/x", trust_env=False)
+    assert r.headers["x-haproxy-ai-backend"] in names["qwen"]
+
+
+def test_a_replica_answering_nonsense_to_v1_models_breaks_nothing(stack: Stack) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    odd = RawBackend(stack.loop, head + b"content-length: %d\r\n\r\n" % len(nested) + nested).start()
+    try:
+        good = stack.backend(model="llama-3-8b")
+        proxy = stack.proxy(
+            [],
+            pools={"llama": {"backends": [{"url": good.url, "name": "l"}]}, "odd": {"backends": [{"url": odd.url}]}},
+            health=_QUIET,
+        )
+        wait_for(lambda: discovered(proxy)["llama"] == ["llama-3-8b"])  # the good pool's list is not lost
+        for _ in range(5):
+            r = httpx.get(proxy.url + "/v1/models", trust_env=False)
+            assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["llama-3-8b"]
+        # The odd pool's list is unknown, so unknown models are not refused on partial data,
+        # and 5 clients asking for /v1/models did not make 5 more fetches from it.
+        fetches = samples(proxy, "haproxy_ai_model_list_fetches")[(("pool", "odd"), ("result", "failure"))]
+        assert fetches <= 2
+    finally:
+        odd.close()
+
+
+def test_pools_that_neither_list_nor_declare_models_keep_the_catalog_open(stack: Stack) -> None:
+    a = stack.backend(model="m-a")
+    proxy = stack.proxy([], pools={"a": {"backends": [{"url": a.url, "name": "a"}], "discover_models": False}})
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat("anything"), trust_env=False)
+    assert r.status_code == 200 and r.headers["x-haproxy-ai-backend"] == "a"  # not "404: available: none"
+
+
+def test_ready_when_a_pool_that_does_not_probe_has_a_routable_backend(stack: Stack) -> None:
+    a = stack.backend(model="m-a")
+    proxy = stack.proxy(
+        [],
+        pools={"a": {"backends": [{"url": a.url, "name": "a"}], "health": {"active": {"enabled": False}}}},
+    )  # top-level health.active stays on; the only pool turned it off
+    r = httpx.get(proxy.admin_url + "/readyz", trust_env=False)
+    assert r.status_code == 200 and "pool(s) a" in r.text
+
+
+def test_reload_does_not_move_backends_between_pools_or_change_pool_policies(stack: Stack) -> None:
+    a, b = stack.backend(model="m-a"), stack.backend(model="m-b")
+    pools = {"a": {"backends": [{"url": a.url, "name": "x"}]}, "b": {"backends": [{"url": b.url, "name": "y"}]}}
+    proxy = stack.proxy([], pools=pools, health=_QUIET)
+    b_grows = {"backends": [{"url": b.url, "name": "y"}, {"url": a.url, "name": "x"}]}
+    moved = stack.settings([], pools={"a": {"backends": [{"url": a.url, "name": "z"}]}, "b": b_grows}, health=_QUIET)
+    result = stack.call(proxy.proxy.reload, moved)
+    assert "pools" in result["restart_required"] and result["added"] == []
+    assert proxy.proxy.health.get("x").backend.pool == "a"
+    rebalanced = stack.settings([], pools={**pools, "b": {**pools["b"], "balancer": {"type": "hash"}}}, health=_QUIET)
+    result = stack.call(proxy.proxy.reload, rebalanced)
+    assert result["restart_required"] == ["pools"]
+    listed = httpx.get(proxy.admin_url + "/admin/pools", trust_env=False).json()["pools"]
+    assert [p["balancer"] for p in listed] == ["p2c", "p2c"]  # what runs, not what was refused
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {
+                "pools": {"a": {"backends": ["http://h:1"]}},
+                "routing": {"routes": [{"pool": "a", "headers": {"x-c": True}}]},
+            },
+            "quote True in YAML",
+        ),
+        ({"backends": ["http://h:1"], "scrape": {"interval": "2s"}}, "scrape.stale_after: must be longer"),
+        (
+            {"pools": {"a": {"backends": ["http://h:1"], "scrape": {"stale_after": "100ms"}}}},
+            "pools.a.scrape.stale_after",
+        ),
+    ],
+)
+def test_more_config_errors(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(config)
+    assert message in str(caught.value)

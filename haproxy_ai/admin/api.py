@@ -69,13 +69,13 @@ def build_admin_app(proxy: Proxy) -> Starlette:
             return PlainTextResponse("starting\n", status_code=503)
         if routable == 0:
             return PlainTextResponse("no routable backend\n", status_code=503)
-        if proxy.settings.health.active.enabled and not any(
-            r.last_probe is not None and r.last_probe.ok for r in proxy.health.records()
-        ):
+        serving = proxy.fleet.serving_pools()
+        if not serving:
             # Backends start healthy so traffic is not refused needlessly, but a pod is not
             # ready until a probe has seen a replica answer (a model server may still be loading).
             return PlainTextResponse("waiting for a first passing health probe\n", status_code=503)
-        return PlainTextResponse(f"ready: {routable} routable backend(s)\n")
+        pools = f" in pool(s) {', '.join(serving)}" if proxy.settings.routed else ""
+        return PlainTextResponse(f"ready: {routable} routable backend(s){pools}\n")
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(proxy.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -83,10 +83,12 @@ def build_admin_app(proxy: Proxy) -> Starlette:
     async def backends(request: Request) -> Response:
         snapshot = proxy.registry.snapshot()
         health = proxy.health
+        pools = proxy.fleet.describe_pools()
         return JSONResponse(
             {
                 "version": snapshot.version,
-                "panic": snapshot.panic,
+                # True when any pool is in panic mode (each pool's own flag is under /admin/pools).
+                "panic": any(p["panic"] for p in pools),
                 "backends": [health.describe(r) for r in health.records()],
             }
         )

@@ -79,7 +79,9 @@ def _samples(text: str, name: str) -> Iterator[float]:
                     value = float(tokens[0])
                 except ValueError:
                     value = math.nan
-                if not math.isnan(value):
+                # Queue lengths and cache fractions are finite and >= 0: a replica reporting
+                # -Inf or -1000 must not look like the emptiest one and draw every request.
+                if math.isfinite(value) and value >= 0:
                     yield value
         found = text.find(needle, end)
         start = found + 1 if found >= 0 else -1

@@ -156,6 +156,10 @@ class HealthSupervisor:
     def records(self) -> list[BackendHealth]:
         return list(self._records.values())
 
+    def probes(self, name: str) -> bool:
+        """Whether active probes check this backend (the pool's setting or its override)."""
+        return self._active_settings(name).enabled
+
     def effective_weight(self, record: BackendHealth, now: float | None = None) -> float:
         if record.recovered_at is None or self.settings.slow_start <= 0:
             return record.weight

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 from cachetools import TTLCache
 
 from ..backends import Backend
@@ -29,8 +30,12 @@ __all__ = ["ModelCatalog", "PoolModels"]
 
 log = logging.getLogger("haproxy_ai.routing")
 
-_RETRY_UNKNOWN = 2.0  # seconds between fetches while a pool's list is still unknown
-_MAX_MODELS = 10_000  # per replica answer; a longer list is cut (and logged)
+_RETRY_UNKNOWN = 2.0  # seconds between fetches of a pool whose list could not be had
+_MAX_MODELS = 10_000  # per replica answer; a longer list is cut
+_MAX_ANSWER = 8 * 1024 * 1024  # bytes of one /v1/models answer; a larger one counts as failed
+# A replica that answers these has no model list to give (an embeddings or rerank server): it is
+# reachable, so its pool's list is known, and empty.
+_NO_LIST = frozenset({404, 405, 501})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class ModelCatalog:
             maxsize=max(len(self._pools), 1), ttl=self._refresh, timer=clock.monotonic
         )
         self._last: dict[str, tuple[dict[str, Any], ...]] = {}
+        self._attempted: dict[str, float] = {}  # pool -> when its last fetch started
         self._index: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -77,8 +83,12 @@ class ModelCatalog:
 
     @property
     def complete(self) -> bool:
-        """Whether every pool's list is known: only then may an unknown model be refused."""
-        return all(not p.discover or p.name in self._last for p in self._pools)
+        """Whether every pool's list is known: only then may an unknown model be refused.
+
+        A pool that neither declares models nor discovers them could serve anything, so it
+        keeps the catalog open (unknown models go to the default pool) rather than having
+        every request with a model refused."""
+        return all(p.name in self._last if p.discover else bool(p.declared) for p in self._pools)
 
     def model_ids(self) -> list[str]:
         return sorted(self._index)
@@ -159,12 +169,29 @@ class ModelCatalog:
     async def refresh(self, *, only_stale: bool = True) -> None:
         """Fetch the lists of pools that are stale (or all); concurrent callers share one fetch."""
         async with self._lock:
-            pools = [p for p in self._pools if p.discover and (not only_stale or p.name not in self._fresh)]
+            now = self._clock.monotonic()
+            # A pool whose fetch just failed is not asked again at once, however many clients
+            # ask for /v1/models meanwhile: they get the last known list.
+            pools = [
+                p
+                for p in self._pools
+                if p.discover
+                and (
+                    not only_stale
+                    or (p.name not in self._fresh and now - self._attempted.get(p.name, -1e9) >= _RETRY_UNKNOWN)
+                )
+            ]
             if not pools:
                 return
-            results = await asyncio.gather(*(self._fetch_pool(p) for p in pools))
+            for pool in pools:
+                self._attempted[pool.name] = now
+            results = await asyncio.gather(*(self._fetch_pool(p) for p in pools), return_exceptions=True)
             for pool, items in zip(pools, results, strict=True):
-                if items is not None:
+                if isinstance(items, BaseException):
+                    if not isinstance(items, Exception):
+                        raise items
+                    log.warning("pool=%s: model list fetch failed: %s", pool.name, type(items).__name__)
+                elif items is not None:
                     self._fresh[pool.name] = items
                     self._last[pool.name] = items
             self._rebuild()
@@ -174,7 +201,7 @@ class ModelCatalog:
         backends = list(pool.backends())
         if not backends:
             return None
-        answers = await asyncio.gather(*(self._fetch(b) for b in backends))
+        answers = await asyncio.gather(*(self._fetch(b) for b in backends))  # _fetch never raises
         merged: dict[str, dict[str, Any]] = {}
         ok = False
         for answer in answers:
@@ -190,14 +217,26 @@ class ModelCatalog:
         return tuple(merged.values())
 
     async def _fetch(self, backend: Backend) -> list[dict[str, Any]] | None:
+        """The replica's models; [] when it has no list to give; None when it could not be asked
+        or answered nonsense (too large, not JSON, too deeply nested, no ``data`` list)."""
         assert self._client is not None
         try:
-            response = await self._client.get(backend.target("/v1/models"), timeout=self._timeout)
-            if response.status_code != 200:
-                return None
-            data = response.json().get("data")
-        except (httpx.HTTPError, ValueError, AttributeError):
+            async with self._client.stream("GET", backend.target("/v1/models"), timeout=self._timeout) as response:
+                if response.status_code in _NO_LIST:
+                    return []
+                if response.status_code != 200:
+                    return None
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > _MAX_ANSWER:
+                        return None
+                    chunks.append(chunk)
+            doc = orjson.loads(b"".join(chunks))
+        except Exception:  # whatever a replica sends, the catalog and its refresher survive it
             return None
+        data = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(data, list):
             return None
         items = [

@@ -7,6 +7,7 @@ upload, a form) has no model and no prompt, and is routed on path, method and he
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -14,18 +15,35 @@ import orjson
 from ..context import RequestContext
 from ..types import ProxyRequest
 
-__all__ = ["affinity_key", "body_of", "model_of", "prompt_prefix", "system_prompt"]
+__all__ = [
+    "MAX_PARSE",
+    "affinity_key",
+    "body_of",
+    "model_of",
+    "prompt_prefix",
+    "release",
+    "request_model",
+    "system_prompt",
+]
 
 _MAX_MODEL = 256  # longer "model" values are not model names; they are treated as absent
+# Bodies up to this size are parsed whole. A larger one could be built to cost the event loop
+# hundreds of milliseconds and hundreds of MB (millions of tiny objects in 10 MiB): its model is
+# found by a bounded scan instead, and it has no prompt key (the fallback balancer picks).
+MAX_PARSE = 1024 * 1024
+# A top-level-looking "model": "..." pair. A quote inside a JSON string is escaped (\"), so the
+# look-behind keeps text in messages from matching; the first match is taken.
+_MODEL_PAIR = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
 
 def body_of(request: ProxyRequest, ctx: RequestContext) -> dict[str, Any] | None:
-    """The request body as a JSON object, or None; parsed once and cached on ``ctx``."""
+    """The request body as a JSON object, or None (not JSON, not an object, or larger than
+    MAX_PARSE); parsed once per request and cached on ``ctx`` until ``release``."""
     if ctx.body_parsed:
         return ctx.body_doc
     ctx.body_parsed = True
     body = request.body
-    if body and body.lstrip()[:1] == b"{":
+    if body and len(body) <= MAX_PARSE and body.lstrip()[:1] == b"{":
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -35,11 +53,34 @@ def body_of(request: ProxyRequest, ctx: RequestContext) -> dict[str, Any] | None
     return ctx.body_doc
 
 
+def release(ctx: RequestContext) -> None:
+    """Drop the parsed body once routing and the affinity key are done with it: a request that
+    streams for minutes must not hold a second copy of its prompt as Python objects."""
+    ctx.body_doc = None
+
+
 def model_of(doc: dict[str, Any] | None) -> str | None:
     model = doc.get("model") if doc is not None else None
     if isinstance(model, str) and 0 < len(model) <= _MAX_MODEL:
         return model
     return None
+
+
+def request_model(request: ProxyRequest, ctx: RequestContext) -> str | None:
+    """The body's ``model``: from the parsed body, or for a body over MAX_PARSE by a scan."""
+    body = request.body
+    if not body:
+        return None
+    if len(body) <= MAX_PARSE:
+        return model_of(body_of(request, ctx))
+    match = _MODEL_PAIR.search(body)
+    if match is None:
+        return None
+    try:
+        value = orjson.loads(b'"' + match.group(1) + b'"')
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _text(content: Any) -> str:
@@ -110,5 +151,6 @@ def affinity_key(request: ProxyRequest, ctx: RequestContext, kind: str, chars: i
         if doc is not None:
             text = prompt_prefix(doc, chars) if kind == "prompt" else system_prompt(doc, chars)
             key = text.encode("utf-8", "surrogatepass") if text else None
+        release(ctx)
     ctx.affinity = key
     return key

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from ..context import RequestContext
 from ..errors import UnknownModel
 from ..metrics import Metrics
 from ..types import Handler, ProxyRequest, UpstreamResponse
 from .catalog import ModelCatalog
-from .inspect import body_of, model_of
+from .inspect import release, request_model
 from .table import RouteTable
 
 __all__ = ["Router"]
@@ -36,8 +37,11 @@ class Router:
         default_pool: str,
         reject_unknown: bool,
         metrics: Metrics,
+        prompt_keyed: frozenset[str] = frozenset(),
     ) -> None:
         self._pools = dict(pools)
+        # Pools whose hash balancer keys on the prompt: the parsed body is kept for them.
+        self._keeps_body = {name: name in prompt_keyed for name in self._pools}
         self._table = table
         self._catalog = catalog
         self._default = default_pool
@@ -47,9 +51,11 @@ class Router:
 
     def choose(self, request: ProxyRequest, ctx: RequestContext) -> tuple[str, str]:
         """``(pool, how)`` for the request; raises UnknownModel. Synchronous, no I/O."""
-        # Parse the body only for a request that can carry a model: a GET has no body.
-        model = model_of(body_of(request, ctx)) if request.body else None
+        model = request_model(request, ctx)
         path = request.target.partition("?")[0]
+        if "%" in path:
+            # Match what the replica will serve: /v1/%65mbeddings is /v1/embeddings to it.
+            path = unquote(path)
         hit = self._table.match(request.method, path, request.headers, model)
         if hit is not None:
             return hit
@@ -65,6 +71,8 @@ class Router:
     async def __call__(self, request: ProxyRequest, ctx: RequestContext) -> UpstreamResponse:
         pool, how = self.choose(request, ctx)
         ctx.pool = pool
+        if not self._keeps_body.get(pool, False):
+            release(ctx)  # this pool's balancer does not read the prompt
         child = self._routed.get((pool, how))
         if child is None:
             child = self._routed[(pool, how)] = self._metrics.routed.labels(pool, how)

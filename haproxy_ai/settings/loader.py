@@ -24,6 +24,7 @@ from .schema import (
     PoolSettings,
     RouteSettings,
     RoutingSettings,
+    ScrapeSettings,
     Settings,
     SinkSettings,
 )
@@ -176,8 +177,9 @@ class _Parser:
         result: list[tuple[str, str]] = []
         for key, value in data.items():
             sub = f"{path}.{key}"
-            if not isinstance(key, str) or not key or not isinstance(value, str | int | float) or value == "":
-                self.error(sub, "keys and values must be non-empty strings")
+            if not isinstance(key, str) or not key or not isinstance(value, str) or value == "":
+                # YAML turns yes into True and 010 into 8: a silent str() would never match.
+                self.error(sub, f"keys and values must be non-empty strings (quote {value!r} in YAML)")
                 continue
             if headers and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
                 self.error(sub, f"{key!r} is not a valid header name")
@@ -227,6 +229,14 @@ class _Parser:
                 owner.setdefault(backend.name, name)
             result.append(pool)
         return tuple(result)
+
+    def check_scrape(self, path: str, scrape: ScrapeSettings) -> None:
+        if scrape.stale_after <= scrape.interval:
+            self.error(
+                f"{path}.stale_after",
+                f"must be longer than {path}.interval ({scrape.interval:g}s), or every replica looks saturated"
+                " between two scrapes",
+            )
 
     def check_routing(self, settings: Settings) -> None:
         routing: RoutingSettings = settings.routing
@@ -367,6 +377,10 @@ def _build(data: Any, where: Mapping[str, str], *, require_backends: bool) -> Se
             parser.error("pools", "use either top-level `backends` (one pool) or `pools`, not both")
         settings = dataclasses.replace(settings, pools=parser.pools(data["pools"], "pools", settings))
     parser.check_routing(settings)
+    parser.check_scrape("scrape", settings.scrape)
+    for pool in settings.pools:
+        if pool.scrape != settings.scrape:
+            parser.check_scrape(f"pools.{pool.name}.scrape", pool.scrape)
     parser.check_mirror(settings.mirror)
     parser.check_networks("listen.trusted_proxies", settings.listen.trusted_proxies)
     has_backend_errors = any(i.path.startswith(("backends", "pools")) for i in parser.issues)
