@@ -33,7 +33,7 @@ def _serve_flags(parser: argparse.ArgumentParser, *, defaults_note: bool = True)
     parser.add_argument("--port", help=f"data port, default 8080 ({env}PORT)")
     parser.add_argument("--admin-host", help=f"admin listener address, default 127.0.0.1 ({env}ADMIN_HOST)")
     parser.add_argument("--admin-port", help=f"admin port, default 9901 ({env}ADMIN_PORT)")
-    parser.add_argument("--balancer", help=f"p2c (default) or round_robin ({env}BALANCER)")
+    parser.add_argument("--balancer", help=f"p2c (default), round_robin, hash or load_aware ({env}BALANCER)")
     parser.add_argument("--upstream-client", help=f"aiohttp (default) or httpx ({env}UPSTREAM_CLIENT)")
     parser.add_argument(
         "--access-log", action="store_const", const="true", help=f"log one line per request ({env}ACCESS_LOG)"
@@ -150,7 +150,7 @@ async def _serve(settings: Settings, reloader: Callable[[], Settings]) -> None:
                 flush=True,
             )
 
-    await server.serve(handle_signals=True, on_ready=ready)
+    await server.serve(handle_signals=True, on_ready=ready, own_process=True)
 
 
 def _run_until_signal(coro: Any) -> int:

@@ -86,7 +86,7 @@ async def run_demo(
             print(_snippets(f"http://{h}:{p}", admin_url, spool), flush=True)
 
         # SIGINT/SIGTERM drain the proxy; the replicas stop once it is done.
-        await server.serve(handle_signals=True, on_ready=ready)
+        await server.serve(handle_signals=True, on_ready=ready, own_process=True)
     finally:
         for replica in replicas:
             await replica.stop()

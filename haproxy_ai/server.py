@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -36,6 +37,22 @@ class _DropIncompleteNotice(logging.Filter):
     # we log that ourselves with the request id; uvicorn's generic line would only add noise.
     def filter(self, record: logging.LogRecord) -> bool:
         return "returned without completing response" not in record.getMessage()
+
+
+def tune_gc() -> None:
+    """Garbage-collector settings for a long-running proxy process, applied once it is serving.
+
+    Everything built at start (settings, routes, the app, imported modules) lives as long as the
+    process: ``gc.freeze`` moves it out of the collector's sight, so full collections stop
+    re-scanning it. The request path allocates many short-lived containers (header lists, the
+    mirror's record dicts); a larger first-generation threshold collects them in fewer, larger
+    batches. Measured with ``loadtests/mirror_cost.py``'s method (two proxies on one core, CPU
+    per request): -4 to -6% from the freeze, a further -7 to -9% from the threshold, mirroring on or
+    off. Reference cycles are still collected; memory grows by at most the young generation.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def configure_logging(level: str = "info") -> None:
@@ -151,8 +168,14 @@ class ProxyServer:
         task.add_done_callback(self._background.discard)
 
     async def serve(
-        self, *, handle_signals: bool = False, on_ready: Callable[[ProxyServer], None] | None = None
+        self,
+        *,
+        handle_signals: bool = False,
+        on_ready: Callable[[ProxyServer], None] | None = None,
+        own_process: bool = False,
     ) -> None:
+        """Serve until shut down. ``own_process``: this server is the process (the CLI), so it
+        may tune process-wide state such as the garbage collector once it is ready."""
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,6 +194,8 @@ class ProxyServer:
                         break
                     await asyncio.sleep(0.005)
                 else:
+                    if own_process:
+                        tune_gc()
                     on_ready(self)
             try:
                 await data

@@ -42,8 +42,8 @@ def start(procs: Procs, backend: str, name: str, config: Path | None) -> tuple[s
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def load(wrk: str, url: str, duration: int) -> tuple[float, int]:
-    cmd = pin([wrk, "-t1", "-c32", f"-d{duration}s", url], CPU_LOAD)
+def load(wrk: str, url: str, duration: int, script: Path | None = None) -> tuple[float, int]:
+    cmd = pin([wrk, "-t1", "-c32", f"-d{duration}s", *(["-s", str(script)] if script else []), url], CPU_LOAD)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False).stdout
     rps, count = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
     if not rps or not count:

@@ -174,3 +174,19 @@ def test_usage_errors_exit_2(command: list[str]) -> None:
     assert out.returncode == 2
     json.dumps(out.stderr)  # printable
     assert "Traceback" not in out.stderr
+
+
+def test_tune_gc_freezes_start_up_objects_and_batches_young_collections() -> None:
+    import gc
+
+    from haproxy_ai.server import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (20_000, 20, 20)
+        assert gc.isenabled()  # cycles are still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
