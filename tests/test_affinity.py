@@ -89,7 +89,7 @@ def test_adding_a_replica_moves_about_one_in_n_keys_and_only_to_it(stack: Stack)
 
 
 def test_the_load_bound_spills_a_hot_key_to_its_next_replica(stack: Stack) -> None:
-    backends = [stack.backend(name=f"r{i}", latency=0.4) for i in range(4)]
+    backends = [stack.backend(name=f"r{i}", latency=1.0) for i in range(4)]
     proxy = stack.proxy(
         [{"url": b.url, "name": f"r{i}"} for i, b in enumerate(backends)],
         balancer={"type": "hash", "hash_balance_factor": 1.25},
