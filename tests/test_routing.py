@@ -4,6 +4,7 @@ models, the official openai client, ephemeral loopback ports."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from haproxy_ai.mirror.reader import iter_spool
 from haproxy_ai.settings import ConfigError, parse_settings
 
 from .support import RawBackend, RunningProxy, Stack, client, wait_for
@@ -378,3 +380,32 @@ def test_more_config_errors(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(config)
     assert message in str(caught.value)
+
+
+def test_routed_streams_and_their_mirror_records(stack: Stack, tmp_path: Path) -> None:
+    llama = stack.backend(model="llama-3-8b", tokens=5)
+    qwen = stack.backend(model="qwen-2-7b", tokens=5)
+    spool = tmp_path / "spool"
+    proxy = stack.proxy(
+        [],
+        pools={
+            "llama": {"backends": [{"url": llama.url, "name": "llama-0"}]},
+            "qwen": {"backends": [{"url": qwen.url, "name": "qwen-0"}]},
+        },
+        health=_QUIET,
+        mirror={"enabled": True, "spool_dir": str(spool)},
+    )
+    wait_for(lambda: discovered(proxy) == {"llama": ["llama-3-8b"], "qwen": ["qwen-2-7b"]})
+    sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-routing-secret-0123456789abcdef", max_retries=0)
+    for model in ("qwen-2-7b", "llama-3-8b"):
+        stream = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text  # streamed through the routed pool
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    wait_for(lambda: len(list(iter_spool(spool))) == 3)
+    records = {r["model"]: r for r in iter_spool(spool)}
+    assert records["qwen-2-7b"]["backend"] == "qwen-0" and records["llama-3-8b"]["backend"] == "llama-0"
+    assert records["qwen-2-7b"]["response"]["stream"] and records["qwen-2-7b"]["response"]["text"]
+    assert records["gpt-9"]["status"] == 404 and records["gpt-9"]["backend"] is None
+    assert "sk-routing-secret" not in spool.joinpath(next(p.name for p in spool.glob("*.jsonl*"))).read_text()
