@@ -232,3 +232,39 @@ def test_a_stopped_replica_shows_unhealthy(stack: Stack, watched: Watched, tmp_p
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     watched.assert_no_errors()
+
+
+def test_pools_table_shows_each_pool_with_its_models(stack: Stack, watched: Watched) -> None:
+    llama = stack.backend(model="llama-3-8b")
+    qwen = stack.backend(model=HOSTILE_NAME)  # a model id is data too: rendered as text
+    proxy = stack.proxy(
+        [],
+        pools={
+            "llama": {"backends": [{"url": llama.url, "name": "gpu-a"}], "balancer": {"type": "hash"}},
+            "qwen": {"backends": [{"url": qwen.url, "name": "gpu-b"}]},
+        },
+        admin={"token": TOKEN},
+        health=FAST_PROBES,
+    )
+    page = open_page(watched, proxy, TOKEN)
+    page.wait_for_function(
+        """expected => [...document.querySelectorAll("#pool-rows tr[data-pool]")]
+                        .map(r => r.cells[5].textContent).join("|") === expected""",
+        arg=f"llama-3-8b|{HOSTILE_NAME}",
+    )
+    rows = page.locator("#pool-rows tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator("td").nth(1)).to_have_text("hash")
+    expect(rows.nth(0).locator("td").nth(2)).to_have_text("1 / 1")
+    expect(page.locator('[data-backend="gpu-b"] .url')).to_contain_text("pool qwen")
+    assert page.locator("#pool-rows img, #pool-rows script").count() == 0
+    assert page.evaluate("window.__xss") is None
+    watched.assert_no_errors()
+
+
+def test_a_single_pool_proxy_has_no_pools_table(stack: Stack, watched: Watched) -> None:
+    proxy, _ = start(stack, ["gpu-a"], health=FAST_PROBES)
+    page = open_page(watched, proxy, TOKEN)
+    wait_for_refreshes(page, 1)
+    expect(page.locator("#pools-section")).to_be_hidden()
+    watched.assert_no_errors()
