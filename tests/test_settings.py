@@ -14,6 +14,7 @@ from haproxy_ai.settings import (
     parse_duration,
     parse_settings,
     parse_size,
+    settings_to_dict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,3 +176,9 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_serve_with_bad_config_exits_2_and_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--backend", "http://a:1,weight=0", "--port", "0", "--admin-port", "0"]) == 2
     assert "backends[0].weight: must be > 0" in capsys.readouterr().err
+
+
+def test_the_printed_effective_config_loads_back_to_the_same_settings() -> None:
+    for name in ("haproxy-ai.yaml", "pools.yaml"):
+        settings = load_settings(ROOT / "config" / name, environ={})
+        assert parse_settings(settings_to_dict(settings)) == settings, name

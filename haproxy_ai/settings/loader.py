@@ -564,7 +564,12 @@ def settings_to_dict(settings: Any) -> Any:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        if f.metadata.get("kind") == "overrides":
+        if f.name == "pools" and isinstance(settings, Settings):
+            # As written in a config file: a mapping of names (absent without pools), so the
+            # printed config loads back.
+            if value:
+                out["pools"] = {p.name: {k: v for k, v in settings_to_dict(p).items() if k != "name"} for p in value}
+        elif f.metadata.get("kind") == "overrides":
             if value:
                 fields = {g.name: g for g in dataclasses.fields(f.metadata["cls"])}
                 out[f.name] = {key: _format_value(fields[key].metadata.get("kind"), item) for key, item in value}
