@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .backends import Backend, BackendStats, Registry
+from .backends import Backend, BackendStats, Registry, ReplicaLoad
 from .clock import Clock
 from .health import HealthSupervisor, MetricsScraper, UnknownBackend
 from .health.state import BackendHealth
@@ -79,7 +79,7 @@ class Pool:
             sink=self.health,
         )
 
-    def _scraped(self, backend: Backend, load: Any, error: str | None) -> None:
+    def _scraped(self, backend: Backend, load: ReplicaLoad | None, error: str | None) -> None:
         try:
             current = self.health.get(backend.name).backend
         except UnknownBackend:
