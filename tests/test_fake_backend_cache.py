@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,8 +19,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from haproxy_ai.fake_backend import FakeBackend, FakeBackendOptions, add_arguments, options_from_args
+from haproxy_ai.fake_backend import FakeBackendOptions, add_arguments, options_from_args
 from haproxy_ai.fake_backend.cache import PrefixCache
+
+from .test_fake_backend import run, running, stats
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -29,34 +31,6 @@ USAGE_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
 # Far longer than any test: a stream with this chunk interval stays running until we hang up.
 HOLD = "30s"
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``test`` on a fresh loop, bounded so a regression fails instead of hanging."""
-
-    async def bounded() -> None:
-        async with asyncio.timeout(10):
-            await test()
-
-    asyncio.run(bounded())
-
-
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[tuple[FakeBackend, aiohttp.ClientSession]]:
-    backend = FakeBackend(FakeBackendOptions(**options))
-    await backend.start()
-    try:
-        async with aiohttp.ClientSession(base_url=backend.url) as session:
-            yield backend, session
-    finally:
-        await backend.stop()
-
-
-async def stats(session: aiohttp.ClientSession) -> dict[str, Any]:
-    async with session.get("/_stats") as r:
-        assert r.status == 200
-        result: dict[str, Any] = await r.json()
-        return result
 
 
 async def metrics(session: aiohttp.ClientSession, model: str = "fake-model") -> dict[str, float]:
