@@ -194,14 +194,6 @@ class _Parser:
             self.error(path, "must be a mapping of pool names to {backends: [...], ...}")
             return ()
         # A pool's sections start from the top-level ones; its keys override them.
-        base = PoolSettings(
-            balancer=root.balancer,
-            scrape=root.scrape,
-            health=root.health,
-            retry=root.retry,
-            hedge=root.hedge,
-            backend_max_in_flight=root.limits.backend_max_in_flight,
-        )
         result: list[PoolSettings] = []
         owner: dict[str, str] = {}
         for name, item in data.items():
@@ -213,7 +205,7 @@ class _Parser:
                 self.error(f"{sub}.name", "the pool's name is its key under `pools`")
                 continue
             before = len(self.issues)
-            pool = self.section(PoolSettings, item, sub, base=dataclasses.replace(base, name=name))
+            pool = self.section(PoolSettings, item, sub, base=root.pool_defaults(name))
             if len(self.issues) > before:
                 continue
             if not pool.backends:

@@ -5,6 +5,7 @@ Each field's metadata names its kind (how to parse it), a one-line doc, and its 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,23 +435,23 @@ class Settings:
         """Whether requests are routed between named pools (otherwise one pool takes everything)."""
         return bool(self.pools)
 
+    def pool_defaults(self, name: str = "") -> PoolSettings:
+        """A pool that inherits the top-level sections: what a named pool's keys override."""
+        return PoolSettings(
+            name=name,
+            balancer=self.balancer,
+            scrape=self.scrape,
+            health=self.health,
+            retry=self.retry,
+            hedge=self.hedge,
+            backend_max_in_flight=self.limits.backend_max_in_flight,
+        )
+
     def effective_pools(self) -> tuple[PoolSettings, ...]:
         """The pools to run: the named ones, or the one default pool of the top-level sections."""
         if self.pools:
             return self.pools
-        return (
-            PoolSettings(
-                name="default",
-                backends=self.backends,
-                discover_models=False,
-                balancer=self.balancer,
-                scrape=self.scrape,
-                health=self.health,
-                retry=self.retry,
-                hedge=self.hedge,
-                backend_max_in_flight=self.limits.backend_max_in_flight,
-            ),
-        )
+        return (dataclasses.replace(self.pool_defaults("default"), backends=self.backends, discover_models=False),)
 
 
 SECTIONS: dict[str, type[Any]] = {
