@@ -51,6 +51,30 @@ def load(wrk: str, url: str, duration: int, script: Path | None = None) -> tuple
     return float(rps[1]), int(count[1])
 
 
+def measure_rounds(
+    wrk: str,
+    targets: dict[str, tuple[subprocess.Popen[bytes], str]],
+    rounds: int,
+    duration: int,
+    script: Path | None = None,
+    label: str = "",
+) -> dict[str, list[tuple[float, float]]]:
+    """Warm each target up, then run ``rounds`` rounds that load each one in turn (so a shared
+    VM's drift hits them alike): per target and round, (req/s, proxy CPU microseconds/request)."""
+    for _, url in targets.values():
+        load(wrk, url, 1, script)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    width = max(len(name) for name in targets)
+    for i in range(rounds):
+        for name, (proc, url) in targets.items():
+            before = cpu_seconds(proc.pid)
+            rps, count = load(wrk, url, duration, script)
+            per = (cpu_seconds(proc.pid) - before) / count * 1e6
+            results[name].append((rps, per))
+            print(f"round {i + 1} {label}{name:{width}}: {rps:8.0f} req/s  {per:6.1f} us CPU/request", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=8, help="A/B rounds (default 8)")
@@ -68,17 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         config = tmp / "mirror.yaml"
         config.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}', sample_rate: {args.sample_rate}}}\n")
         targets = {"off": start(procs, backend, "proxy-off", None), "on": start(procs, backend, "proxy-on", config)}
-        for _, url in targets.values():  # warm-up
-            load(wrk, url, 1)
-        results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-        for i in range(args.rounds):
-            for name, (proc, url) in targets.items():
-                before = cpu_seconds(proc.pid)
-                rps, count = load(wrk, url, args.duration)
-                used = cpu_seconds(proc.pid) - before
-                per = used / count * 1e6
-                results[name].append((rps, per))
-                print(f"round {i + 1} mirror {name:3}: {rps:8.0f} req/s  {per:6.1f} us CPU/request", flush=True)
+        results = measure_rounds(wrk, targets, args.rounds, args.duration, label="mirror ")
         spooled = sum(1 for p in (tmp / "spool").glob("*.jsonl*") for _ in p.open("rb"))
         rps = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
         cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import CPU_PROXY, Procs, free_port, haproxy_ai_cmd, start_fixed_backend, tool
-from mirror_cost import cpu_seconds, load
+from mirror_cost import measure_rounds
 
 BODY = {
     "model": "llama-3-8b",
@@ -89,16 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*haproxy_ai_cmd(), "serve", "--config", str(path), "--port", str(port), "--admin-port", str(admin)]
             proc = procs.start(f"proxy-{name}", cmd, CPU_PROXY, f"http://127.0.0.1:{admin}/readyz")
             targets[name] = (proc, f"http://127.0.0.1:{port}/v1/chat/completions")
-        for _, url in targets.values():  # warm-up
-            load(wrk, url, 1, script)
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
-        for i in range(args.rounds):
-            for name, (proc, url) in targets.items():
-                before = cpu_seconds(proc.pid)
-                rps, count = load(wrk, url, args.duration, script)
-                per = (cpu_seconds(proc.pid) - before) / count * 1e6
-                results[name].append((rps, per))
-                print(f"round {i + 1} {name:6}: {rps:8.0f} req/s  {per:6.1f} us CPU/request", flush=True)
+        results = measure_rounds(wrk, targets, args.rounds, args.duration, script)
         base = results["single"]
         print()
         for name, runs in results.items():
