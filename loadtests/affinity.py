@@ -42,6 +42,8 @@ from pathlib import Path
 
 import aiohttp
 
+from haproxy_ai.settings import parse_duration
+
 MODES = ("round_robin", "load_aware", "hash")
 
 
@@ -211,10 +213,19 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes) or min(args.replicas, args.conversations, args.turns) < 1:
-        parser.error(f"--modes takes a comma list of {', '.join(MODES)}; counts must be >= 1")
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes takes a comma list of {', '.join(MODES)}")
+    if min(args.replicas, args.conversations, args.concurrency, args.context) < 1:
+        parser.error("--replicas, --conversations, --concurrency and --context must be at least 1")
     if args.turns < 2:
         parser.error("--turns must be at least 2: only turns after the first are measured")
+    if min(args.cache_chars, args.max_batch) < 0 or args.balance_factor < 0:
+        parser.error("--cache-chars, --max-batch and --balance-factor must not be negative")
+    for flag in ("latency", "prefill_per_kchar"):
+        try:
+            parse_duration(getattr(args, flag))
+        except ValueError as exc:
+            parser.error(f"--{flag.replace('_', '-')}: {exc}")
     print(
         f"# {args.replicas} replicas, {args.conversations} conversations x {args.turns} turns, "
         f"{args.concurrency} at a time; opening {args.context} chars; prefill {args.prefill_per_kchar}/kchar "

@@ -51,6 +51,17 @@ def load(wrk: str, url: str, duration: int, script: Path | None = None) -> tuple
     return float(rps[1]), int(count[1])
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, with a one-line error otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def measure_rounds(
     wrk: str,
     targets: dict[str, tuple[subprocess.Popen[bytes], str]],
@@ -77,10 +88,12 @@ def measure_rounds(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=8, help="A/B rounds (default 8)")
-    ap.add_argument("--duration", type=int, default=3, help="seconds per run (default 3)")
+    ap.add_argument("--rounds", type=positive_int, default=8, help="A/B rounds (default 8)")
+    ap.add_argument("--duration", type=positive_int, default=3, help="seconds per run (default 3)")
     ap.add_argument("--sample-rate", type=float, default=1.0, help="mirror.sample_rate (default 1.0)")
     args = ap.parse_args(argv)
+    if not 0 < args.sample_rate <= 1:
+        ap.error(f"--sample-rate must be in (0, 1], got {args.sample_rate:g}")
     wrk = tool("wrk")
     if not wrk:
         print("mirror_cost.py: needs wrk (apt-get install wrk)", file=sys.stderr)

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import CPU_PROXY, Procs, free_port, haproxy_ai_cmd, start_fixed_backend, tool
-from mirror_cost import measure_rounds
+from mirror_cost import measure_rounds, positive_int
 
 BODY = {
     "model": "llama-3-8b",
@@ -65,8 +65,8 @@ def configs(backend: str) -> dict[str, dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
-    ap.add_argument("--duration", type=int, default=3, help="seconds per run (default 3)")
+    ap.add_argument("--rounds", type=positive_int, default=6, help="rounds (default 6)")
+    ap.add_argument("--duration", type=positive_int, default=3, help="seconds per run (default 3)")
     args = ap.parse_args(argv)
     wrk = tool("wrk")
     if not wrk:
