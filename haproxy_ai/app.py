@@ -331,9 +331,10 @@ class Proxy:
             named = {t.strip().lower().decode("latin-1") for t in connection_tokens.split(b",")}
             headers = [(k, v) for k, v in headers if k.lower() not in named]
 
+        given = request_id is not None and _REQUEST_ID.fullmatch(request_id) is not None
         rid = (
             request_id.decode("latin-1")
-            if request_id is not None and _REQUEST_ID.fullmatch(request_id)
+            if given and request_id is not None
             else f"{self._id_prefix}{next(self._ids):016x}"
         )
 
@@ -349,7 +350,8 @@ class Proxy:
                 received, method, raw_path, scope.get("query_string", b""), scope["headers"], origin
             )
             if exchange is not None:
-                exchange.request_id = rid
+                # Our own ids are hex; only a client's id can carry a secret.
+                exchange.request_id = mirror.redactor.text(rid) if given else rid
         if exchange is None:
             await self._handle(
                 scope, receive, send, method, raw_path, headers, rid, received, peer, origin, None, parsed

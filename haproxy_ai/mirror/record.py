@@ -113,18 +113,41 @@ class Exchange:
         self.first_byte = first_byte
 
 
-_second: list[Any] = [-1, ""]  # the last whole second formatted: records come in bursts
+# The last whole second formatted -- [its start in epoch seconds, "YYYY-MM-DDTHH:MM:SS."] -- and
+# three-digit groups: a record's three timestamps cost a subtraction, an int and two lookups each.
+_second: list[Any] = [0.0, "1970-01-01T00:00:00."]
+_DIGITS = tuple(f"{i:03d}" for i in range(1000))
+
+
+def _us(seconds: float) -> int:
+    """Whole microseconds, rounded (non-negative durations)."""
+    return int(seconds * 1_000_000 + 0.5)
+
+
+def _in_second(epoch: float) -> int:
+    """Microseconds of ``epoch`` into the cached second, after moving the cache to it if needed."""
+    micros = int((epoch - _second[0]) * 1_000_000 + 0.5)
+    if 0 <= micros < 1_000_000:
+        return micros
+    seconds, micros = divmod(int(epoch * 1_000_000 + 0.5), 1_000_000)
+    _second[0], _second[1] = float(seconds), time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+    return micros
+
+
+def _stamp(micros: int) -> str:
+    """The cached second plus ``micros`` (0 <= micros < 1,000,000), RFC 3339 UTC."""
+    return f"{_second[1]}{_DIGITS[micros // 1000]}{_DIGITS[micros % 1000]}Z"
 
 
 def format_time(epoch: float) -> str:
     """RFC 3339 UTC with microseconds: ``2026-11-28T16:00:00.123456Z``."""
-    seconds = int(epoch)
-    micros = round((epoch - seconds) * 1_000_000)
-    if micros == 1_000_000:
-        seconds, micros = seconds + 1, 0
-    if _second[0] != seconds:
-        _second[0], _second[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_second[1]}.{micros:06d}Z"
+    return _stamp(_in_second(epoch))
+
+
+def _later(wall: float, at: int, micros: int) -> str:
+    """The timestamp ``micros`` after ``wall``, which is ``at`` microseconds into the cached second."""
+    at += micros
+    return _stamp(at) if at < 1_000_000 else format_time(wall + micros / 1_000_000)
 
 
 def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bool]:
@@ -135,14 +158,11 @@ def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bo
     if not raw:
         return (None if not truncated else "", "utf-8", truncated)
     text = _utf8(raw, truncated)
-    if text is not None:
-        redacted = redactor.body(raw)
-        if redacted is not raw:  # the same object when nothing was redacted
-            raw = redacted
-            text = _utf8(raw, truncated)
-    if text is None or "\x00" in text:
-        # Binary, or text PostgreSQL's jsonb cannot hold: keep the bytes exactly.
+    if text is None:  # binary: kept exactly
         return base64.b64encode(raw).decode("ascii"), "base64", truncated
+    text = redactor.body_text(text)
+    if "\x00" in text:  # text PostgreSQL's jsonb cannot hold: the (redacted) bytes exactly
+        return base64.b64encode(text.encode("utf-8")).decode("ascii"), "base64", truncated
     return text, "utf-8", truncated
 
 
@@ -209,14 +229,15 @@ def _attempts(exchange: Exchange) -> list[dict[str, Any]]:
     start = exchange.received
     out = []
     for attempt in exchange.attempts:
+        headers_at, ended = attempt.headers_at, attempt.ended
         out.append(
             {
                 "backend": attempt.backend.name,
-                "outcome": attempt.outcome.value if attempt.outcome is not None else None,
+                "outcome": attempt.outcome,  # an Enum: orjson writes its value
                 "status": attempt.status,
-                "start_ms": round((attempt.started - start) * 1000, 3),
-                "headers_ms": round((attempt.headers_at - start) * 1000, 3) if attempt.headers_at else None,
-                "end_ms": round((attempt.ended - start) * 1000, 3) if attempt.ended else None,
+                "start_ms": _us(attempt.started - start) / 1000,
+                "headers_ms": _us(headers_at - start) / 1000 if headers_at else None,
+                "end_ms": _us(ended - start) / 1000 if ended else None,
             }
         )
     return out
@@ -240,19 +261,23 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
     request_text, request_encoding, request_truncated = _body(ex.request_body, request_cap, redactor)
     response_text, response_encoding, _ = _body(response_raw, len(response_raw), redactor)
     query = ex.query.decode("latin-1")
+    at = _in_second(wall)
+    received_at = _stamp(at)
+    latency = _us(ex.done - ex.received)
+    ttfb = _us(first_byte - ex.received) if first_byte is not None else None
     return {
         "schema": SCHEMA_VERSION,
         "id": ex.id,
-        "request_id": redactor.text(ex.request_id),
+        "request_id": ex.request_id,  # redacted when set (a client's id) or ours
         "instance": instance,
-        "received_at": format_time(wall),
-        "first_byte_at": format_time(wall + first_byte - ex.received) if first_byte is not None else None,
-        "done_at": format_time(wall + ex.done - ex.received),
-        "latency_ms": round((ex.done - ex.received) * 1000, 3),
-        "ttfb_ms": round((first_byte - ex.received) * 1000, 3) if first_byte is not None else None,
+        "received_at": received_at,
+        "first_byte_at": _later(wall, at, ttfb) if ttfb is not None else None,
+        "done_at": _later(wall, at, latency),
+        "latency_ms": latency / 1000,
+        "ttfb_ms": ttfb / 1000 if ttfb is not None else None,
         "client": ex.client,
         "method": ex.method,
-        "path": redactor.text(ex.raw_path.decode("latin-1")),
+        "path": redactor.latin1_text(ex.raw_path),
         "query": redactor.query(query) if query else "",
         "model": _model(ex.request_body),
         "status": ex.status,

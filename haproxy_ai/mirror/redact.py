@@ -176,6 +176,7 @@ class Redactor:
         "_header_names",
         "_header_names_seen",
         "_header_values_seen",
+        "_latin1_seen",
         "_literals",
         "_param_names",
         "_pattern",
@@ -212,8 +213,9 @@ class Redactor:
         # keeps sub() on its fastest path (no Python callback per match).
         self._template = replacement.replace("\\", "\\\\")
         self._header_names = frozenset(h.strip().lower() for h in headers)
-        self._header_names_seen: dict[Any, tuple[str, bool]] = {}
+        self._header_names_seen: dict[Any, str] = {}  # raw name -> lowercased, unlisted names only
         self._header_values_seen: dict[Any, str] = {}
+        self._latin1_seen: dict[bytes, str] = {}
         self._param_names = frozenset(p.strip().lower() for p in query_params)
         self._pattern = self._compile_patterns(tuple(patterns))
         self._literals = _required_literals(tuple(patterns))
@@ -322,6 +324,17 @@ class Redactor:
             return value
         return self._pattern.sub(self._template, value)
 
+    def latin1_text(self, raw: bytes) -> str:
+        """:meth:`text` of ``raw`` decoded as latin-1, remembered: for values that repeat (paths)."""
+        seen = self._latin1_seen
+        text = seen.get(raw)
+        if text is None:
+            text = self.text(raw.decode("latin-1"))
+            if len(seen) >= _HEADER_CACHE_SIZE:
+                seen.clear()
+            seen[raw] = text
+        return text
+
     def header(self, name: str, value: str) -> str:
         """The replacement when ``name`` (any case) is a listed header, else ``text(value)``."""
         if name.lower() in self._header_names:
@@ -336,31 +349,35 @@ class Redactor:
         """
         out: dict[str, str] = {}
         names, values = self._header_names_seen, self._header_values_seen
-        listed, replacement = self._header_names, self._replacement
         for raw_name, raw_value in pairs:
             # Most fields repeat from request to request (content-type, user-agent, server): each
-            # distinct name and value is decoded and scanned once. Values of listed headers are
-            # never looked at, so credentials are not kept.
-            known = names.get(raw_name)
-            if known is None:
-                name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
-                known = names[raw_name] = (name, name in listed)
-                if len(names) > _HEADER_CACHE_SIZE:
-                    names.clear()
-            name, is_listed = known
-            if is_listed:
-                value = replacement
+            # distinct name and value is decoded and scanned once. Listed names are not in the name
+            # cache, so their values are never looked up, decoded or kept.
+            name = names.get(raw_name)
+            value = values.get(raw_value) if name is not None else None
+            if name is None or value is None:
+                name, value = self._header(raw_name, raw_value)
+            if name in out:
+                out[name] = f"{out[name]}, {value}"
             else:
-                cached = values.get(raw_value)
-                if cached is None:
-                    cached = self.text(raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value)
-                    if len(values) >= _HEADER_CACHE_SIZE:
-                        values.clear()  # bounded: unique values (dates, ids) would otherwise pile up
-                    values[raw_value] = cached
-                value = cached
-            previous = out.get(name)
-            out[name] = value if previous is None else f"{previous}, {value}"
+                out[name] = value
         return out
+
+    def _header(self, raw_name: str | bytes, raw_value: str | bytes) -> tuple[str, str]:
+        """(lowercased name, redacted value) of a header not (entirely) in the caches; remembers
+        unlisted names and their values."""
+        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
+        if name in self._header_names:
+            return name, self._replacement
+        names, values = self._header_names_seen, self._header_values_seen
+        if len(names) >= _HEADER_CACHE_SIZE:
+            names.clear()
+        names[raw_name] = name
+        value = self.text(raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value)
+        if len(values) >= _HEADER_CACHE_SIZE:
+            values.clear()  # bounded: unique values (dates, ids, lengths) would otherwise pile up
+        values[raw_value] = value
+        return name, value
 
     def _params(self, query: str) -> str:
         """``query`` with the values of listed parameters replaced; everything else byte for byte.
@@ -569,22 +586,26 @@ class Redactor:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return raw
+        result = self.body_text(text)
+        return raw if result == text else result.encode("utf-8")
+
+    def body_text(self, text: str) -> str:
+        """:meth:`body` for a body already decoded from UTF-8 (the text itself when nothing matched)."""
+        if not self._active:
+            return text
         if self._tree is None and "\\u" not in text:
             # No body fields: a pattern pass over the text as it is catches everything a parse
             # would (only a \u-escaped secret needs the decoding path), costs a fraction of it on
             # every record, and keeps the body byte for byte when nothing matched.
-            redacted = self._text_escapes(text)
-            return raw if redacted == text else redacted.encode("utf-8")
+            return self._text_escapes(text)
         lead = _LEADING.match(text)
         start = lead.end() if lead is not None else 0
         first = text[start : start + 1]
         if first == "{" or first == "[":
-            result = self._json_text(text[start:] if start else text)
-        elif text.startswith(_SSE_PREFIXES, start):
-            result = self._sse(text)
-        else:
-            result = self._text_escapes(text)
-        return raw if result == text else result.encode("utf-8")
+            return self._json_text(text[start:] if start else text)
+        if text.startswith(_SSE_PREFIXES, start):
+            return self._sse(text)
+        return self._text_escapes(text)
 
     def _json_text(self, text: str) -> str:
         """JSON text redacted: parsed and re-serialised (the text itself when nothing changed), or
