@@ -1,14 +1,16 @@
 """What mirroring costs: haproxy-ai without and with ``mirror`` (100% sampling), A/B interleaved.
 
-Run: ``python loadtests/mirror_cost.py [--rounds 8] [--duration 3] [--sample-rate 1.0]`` (needs wrk;
-nginx for the backend, else the same tiny uvloop server bench.py uses).
+Run: ``python loadtests/mirror_cost.py [--rounds 8] [--duration 3] [--sample-rate 1.0] [--together]``
+(needs wrk; nginx for the backend, else the same tiny uvloop server bench.py uses).
 
 Both proxies run the whole time, each pinned to CPU 0 (one process, as in bench.py); the backend
 and wrk (32 connections) share CPU 1. Rounds alternate between the two, so drift of a shared VM
 hits both alike. Per run: req/s from wrk, and the proxy's own CPU time (utime + stime of the
 process, every thread included: encoding, the spool thread, fsync) divided by the requests it
 served. CPU per request is the steadier number on a noisy VM; the cost is reported on both as
-medians over the rounds.
+medians over the rounds. ``--together`` loads both proxies at the same time instead: they split
+CPU 0, so a slow spell of the VM hits both within the same seconds, and the lost throughput of
+the mirroring one is its cost at an equal share of the core.
 """
 
 from __future__ import annotations
@@ -86,11 +88,44 @@ def measure_rounds(
     return results
 
 
+def measure_together(
+    wrk: str, targets: dict[str, tuple[subprocess.Popen[bytes], str]], rounds: int, duration: int
+) -> list[tuple[float, float]]:
+    """Load both proxies at the same time, ``rounds`` times: they share CPU 0, so the scheduler
+    gives each half of it and whatever slows the VM down slows both alike. Per round: (lost
+    throughput of "on" against "off", its added CPU per request)."""
+    names = list(targets)
+    out = []
+    for i in range(rounds + 1):  # round 0 warms up
+        before = [cpu_seconds(targets[n][0].pid) for n in names]
+        cmds = [pin([wrk, "-t1", "-c32", f"-d{duration}s", targets[n][1]], CPU_LOAD) for n in names]
+        runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE) for cmd in cmds]
+        texts = [r.communicate(timeout=duration + 30)[0].decode() for r in runs]
+        counts = [int(m[1]) if (m := re.search(r"(\d+) requests in", t)) else 0 for t in texts]
+        if not all(counts):
+            raise RuntimeError(f"could not parse wrk output:\n{texts}")
+        per = [(cpu_seconds(targets[n][0].pid) - b) / c * 1e6 for n, b, c in zip(names, before, counts, strict=True)]
+        if i == 0:
+            continue
+        out.append((1 - counts[1] / counts[0], per[1] / per[0] - 1))
+        print(
+            f"round {i} together: off {counts[0] / duration:6.0f} req/s {per[0]:6.1f} us CPU/request, on"
+            f" {counts[1] / duration:6.0f} req/s {per[1]:6.1f} us CPU/request: cost {out[-1][0]:+.1%}",
+            flush=True,
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rounds", type=positive_int, default=8, help="A/B rounds (default 8)")
     ap.add_argument("--duration", type=positive_int, default=3, help="seconds per run (default 3)")
     ap.add_argument("--sample-rate", type=float, default=1.0, help="mirror.sample_rate (default 1.0)")
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="load both proxies at once on the shared core instead of in turn (steadier on a noisy VM)",
+    )
     args = ap.parse_args(argv)
     if not 0 < args.sample_rate <= 1:
         ap.error(f"--sample-rate must be in (0, 1], got {args.sample_rate:g}")
@@ -105,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         config = tmp / "mirror.yaml"
         config.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}', sample_rate: {args.sample_rate}}}\n")
         targets = {"off": start(procs, backend, "proxy-off", None), "on": start(procs, backend, "proxy-on", config)}
+        if args.together:
+            paired = measure_together(wrk, targets, args.rounds, args.duration)
+            throughput = statistics.median(t for t, _ in paired)
+            cpu_cost = statistics.median(c for _, c in paired)
+            print(
+                f"\ncost (both loaded at once, medians of {args.rounds} rounds): {throughput:+.1%} throughput,"
+                f" {cpu_cost:+.1%} CPU per request at sample_rate {args.sample_rate:g}"
+            )
+            return 0
         results = measure_rounds(wrk, targets, args.rounds, args.duration, label="mirror ")
         spooled = sum(1 for p in (tmp / "spool").glob("*.jsonl*") for _ in p.open("rb"))
         rps = {k: statistics.median(r for r, _ in v) for k, v in results.items()}

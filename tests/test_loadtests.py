@@ -243,3 +243,19 @@ def test_affinity_benchmark_runs_every_mode_and_stops_by_itself() -> None:
         [sys.executable, str(script), "--modes", "fastest"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "--modes" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "named"),
+    [
+        ("mirror_cost.py", ["--rounds", "0"], "--rounds"),
+        ("mirror_cost.py", ["--sample-rate", "2"], "--sample-rate"),
+        ("mirror_instructions.py", ["--requests", "many"], "--requests"),
+        ("routing_cost.py", ["--rounds", "-1"], "--rounds"),
+    ],
+)
+def test_cost_scripts_reject_bad_arguments_in_one_line(script: str, args: list[str], named: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / script), *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr
