@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 if TYPE_CHECKING:
@@ -119,11 +120,6 @@ _second: list[Any] = [0.0, "1970-01-01T00:00:00."]
 _DIGITS = tuple(f"{i:03d}" for i in range(1000))
 
 
-def _us(seconds: float) -> int:
-    """Whole microseconds, rounded (non-negative durations)."""
-    return int(seconds * 1_000_000 + 0.5)
-
-
 def _in_second(epoch: float) -> int:
     """Microseconds of ``epoch`` into the cached second, after moving the cache to it if needed."""
     micros = int((epoch - _second[0]) * 1_000_000 + 0.5)
@@ -142,12 +138,6 @@ def _stamp(micros: int) -> str:
 def format_time(epoch: float) -> str:
     """RFC 3339 UTC with microseconds: ``2026-11-28T16:00:00.123456Z``."""
     return _stamp(_in_second(epoch))
-
-
-def _later(wall: float, at: int, micros: int) -> str:
-    """The timestamp ``micros`` after ``wall``, which is ``at`` microseconds into the cached second."""
-    at += micros
-    return _stamp(at) if at < 1_000_000 else format_time(wall + micros / 1_000_000)
 
 
 def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bool]:
@@ -225,30 +215,93 @@ def _model(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
-def _attempts(exchange: Exchange) -> list[dict[str, Any]]:
+class _Attempt(msgspec.Struct):
+    backend: str
+    outcome: Any
+    status: int | None
+    start_ms: float
+    headers_ms: float | None
+    end_ms: float | None
+
+
+class _Request(msgspec.Struct):
+    headers: dict[str, str]
+    body: str | None
+    body_encoding: str
+    bytes: int
+    body_truncated: bool
+
+
+class _Response(msgspec.Struct):
+    headers: dict[str, str]
+    body: str | None
+    body_encoding: str
+    bytes: int
+    body_truncated: bool
+    stream: bool
+    text: str | None
+    usage: Any
+
+
+class _Record(msgspec.Struct):
+    schema: int
+    id: str
+    request_id: str
+    instance: str
+    received_at: str
+    first_byte_at: str | None
+    done_at: str
+    latency_ms: float
+    ttfb_ms: float | None
+    client: str | None
+    method: str
+    path: str
+    query: str
+    model: str | None
+    status: int
+    ended: str
+    backend: str | None
+    error: str | None
+    attempts: list[_Attempt]
+    request: _Request
+    response: _Response
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _attempts(exchange: Exchange) -> list[_Attempt]:
     start = exchange.received
     out = []
     for attempt in exchange.attempts:
         headers_at, ended = attempt.headers_at, attempt.ended
         out.append(
-            {
-                "backend": attempt.backend.name,
-                "outcome": attempt.outcome,  # an Enum: orjson writes its value
-                "status": attempt.status,
-                "start_ms": _us(attempt.started - start) / 1000,
-                "headers_ms": _us(headers_at - start) / 1000 if headers_at else None,
-                "end_ms": _us(ended - start) / 1000 if ended else None,
-            }
+            _Attempt(
+                attempt.backend.name,
+                attempt.outcome,
+                attempt.status,
+                int((attempt.started - start) * 1_000_000 + 0.5) / 1000,
+                int((headers_at - start) * 1_000_000 + 0.5) / 1000 if headers_at else None,
+                int((ended - start) * 1_000_000 + 0.5) / 1000 if ended else None,
+            )
         )
     return out
 
 
-def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> dict[str, Any]:
-    """The redacted record (schema 1) for a finished exchange."""
+_NO_BODY = (None, "utf-8", False)
+
+
+def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> _Record:
+    """The redacted record (schema 1) for a finished exchange.
+
+    Runs once per request on the event loop, so the common cases are written out inline (one
+    function call costs about as much as formatting a timestamp)."""
     ex = exchange
     wall = ex.received_wall
+    received = ex.received
     first_byte = ex.first_byte
-    response_raw = b"".join(ex.chunks) if len(ex.chunks) != 1 else ex.chunks[0]
+    chunks = ex.chunks
+    response_raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     response_headers = redactor.headers(ex.response_headers)
     stream = response_headers.get("content-type", "").lower().startswith("text/event-stream")
     text = usage = None
@@ -258,53 +311,69 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
             text = redactor.text(text)
         if usage is not None:
             usage = redactor.json(usage)
-    request_text, request_encoding, request_truncated = _body(ex.request_body, request_cap, redactor)
+    request_body = ex.request_body
+    request_text, request_encoding, request_truncated = (
+        _body(request_body, request_cap, redactor) if request_body else _NO_BODY
+    )
     response_text, response_encoding, _ = _body(response_raw, len(response_raw), redactor)
-    query = ex.query.decode("latin-1")
-    at = _in_second(wall)
-    received_at = _stamp(at)
-    latency = _us(ex.done - ex.received)
-    ttfb = _us(first_byte - ex.received) if first_byte is not None else None
-    return {
-        "schema": SCHEMA_VERSION,
-        "id": ex.id,
-        "request_id": ex.request_id,  # redacted when set (a client's id) or ours
-        "instance": instance,
-        "received_at": received_at,
-        "first_byte_at": _later(wall, at, ttfb) if ttfb is not None else None,
-        "done_at": _later(wall, at, latency),
-        "latency_ms": latency / 1000,
-        "ttfb_ms": ttfb / 1000 if ttfb is not None else None,
-        "client": ex.client,
-        "method": ex.method,
-        "path": redactor.latin1_text(ex.raw_path),
-        "query": redactor.query(query) if query else "",
-        "model": _model(ex.request_body),
-        "status": ex.status,
-        "ended": ex.ended,
-        "backend": ex.backend,
-        "error": redactor.message(ex.error) if ex.error is not None else None,
-        "attempts": _attempts(ex),
-        "request": {
-            "headers": redactor.headers(ex.request_headers),
-            "body": request_text,
-            "body_encoding": request_encoding,
-            "bytes": len(ex.request_body),
-            "body_truncated": request_truncated,
-        },
-        "response": {
-            "headers": response_headers,
-            "body": response_text,
-            "body_encoding": response_encoding,
-            "bytes": ex.response_bytes,
-            "body_truncated": ex.response_bytes > ex.kept,
-            "stream": stream,
-            "text": text,
-            "usage": usage,
-        },
-    }
+    query = ex.query
+    # Timestamps: microseconds into the cached second, then the two later ones from durations.
+    at = int((wall - _second[0]) * 1_000_000 + 0.5)
+    if not 0 <= at < 1_000_000:
+        at = _in_second(wall)
+    prefix = _second[1]
+    received_at = f"{prefix}{_DIGITS[at // 1000]}{_DIGITS[at % 1000]}Z"
+    latency = int((ex.done - received) * 1_000_000 + 0.5)
+    done = at + latency
+    if done < 1_000_000:
+        done_at = f"{prefix}{_DIGITS[done // 1000]}{_DIGITS[done % 1000]}Z"
+    else:
+        done_at = format_time(wall + latency / 1_000_000)
+    first_byte_at = ttfb_ms = None
+    if first_byte is not None:
+        ttfb = int((first_byte - received) * 1_000_000 + 0.5)
+        ttfb_ms = ttfb / 1000
+        first = at + ttfb
+        if first < 1_000_000:
+            first_byte_at = f"{prefix}{_DIGITS[first // 1000]}{_DIGITS[first % 1000]}Z"
+        else:
+            first_byte_at = format_time(wall + ttfb / 1_000_000)
+    return _Record(
+        SCHEMA_VERSION,
+        ex.id,
+        ex.request_id,
+        instance,
+        received_at,
+        first_byte_at,
+        done_at,
+        latency / 1000,
+        ttfb_ms,
+        ex.client,
+        ex.method,
+        redactor.latin1_text(ex.raw_path),
+        redactor.query(query.decode("latin-1")) if query else "",
+        _model(request_body) if b'"model"' in request_body else None,
+        ex.status,
+        ex.ended,
+        ex.backend,
+        redactor.message(ex.error) if ex.error is not None else None,
+        _attempts(ex) if ex.attempts else [],
+        _Request(
+            redactor.headers(ex.request_headers), request_text, request_encoding, len(request_body), request_truncated
+        ),
+        _Response(
+            response_headers,
+            response_text,
+            response_encoding,
+            ex.response_bytes,
+            ex.response_bytes > ex.kept,
+            stream,
+            text,
+            usage,
+        ),
+    )
 
 
 def encode(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> bytes:
     """The record as one JSON line, without the newline."""
-    return orjson.dumps(build(exchange, redactor, instance, request_cap))
+    return _ENCODER.encode(build(exchange, redactor, instance, request_cap))

@@ -268,19 +268,20 @@ class Mirror:
         self._encode_scheduled = False
         queue, lines, m = self._queue, self._lines, self.metrics
         redactor, instance, cap = self.redactor, self.instance, self._request_cap
-        taken = 0
+        taken = change = 0
         while queue and taken < _BATCH:  # bounded: one callback never holds the loop for long
             exchange = queue.popleft()
             taken += 1
-            self._queued_bytes -= len(exchange.request_body) + exchange.kept
+            change -= len(exchange.request_body) + exchange.kept
             try:
                 line = encode(exchange, redactor, instance, cap)
             except Exception as exc:  # a bug, never a reason to stop mirroring
                 log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
                 m.dropped.labels("spool_error").inc()
                 continue
-            self._queued_bytes += len(line)
+            change += len(line)
             lines.append(line)
+        self._queued_bytes += change
         m.enqueued.inc(taken)
         if queue and self._loop is not None:
             self._encode_scheduled = True
@@ -311,7 +312,7 @@ class Mirror:
                 self._wake = None
             if self._lines:
                 lines, self._lines = self._lines, []
-                self._queued_bytes -= sum(len(line) for line in lines)
+                self._queued_bytes -= sum(map(len, lines))
                 if self._space is not None:
                     self._space.set()
                 await self._write(lines)
