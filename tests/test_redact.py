@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haproxy_ai.mirror.redact import RedactingFilter, Redactor, install_log_redaction
+from haproxy_ai.mirror.redact import RedactingFilter, Redactor, _group_literals, install_log_redaction
 from haproxy_ai.settings import RedactSettings
 
 R = "[REDACTED]"
@@ -669,3 +669,18 @@ def test_headers_keys_are_lowercased_names(pairs: list[tuple[str, str]], as_byte
         out = DEFAULT.headers(pairs)
         names = [n.lower() for n, _ in pairs]
     assert list(out) == list(dict.fromkeys(names))
+
+
+def test_literals_differing_in_one_character_are_checked_as_one_regex() -> None:
+    literals = ("sk-", "gho_", "ghp_", "ghr_", "ghs_", "ghu_", "ab1x", "ab2x", "ab3x", "hf_")
+    plain, groups = _group_literals(literals)
+    assert plain == ("sk-", "hf_")
+    assert sorted(g.pattern for g in groups) == ["ab[123]x", "gh[oprsu]_"]
+    rng = random.Random(7)
+    alphabet = "ghoprsuabx123_-skf "
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        expected = any(literal in text for literal in literals)
+        assert (any(p in text for p in plain) or any(g.search(text) for g in groups)) == expected, text
+    assert _group_literals(None) == (None, ())
+    assert _group_literals(("gh1_", "gh2_")) == (("gh1_", "gh2_"), ())  # two: not worth a regex

@@ -177,6 +177,7 @@ class Redactor:
         "_header_names_seen",
         "_header_values_seen",
         "_latin1_seen",
+        "_literal_groups",
         "_literals",
         "_param_names",
         "_pattern",
@@ -218,7 +219,7 @@ class Redactor:
         self._latin1_seen: dict[bytes, str] = {}
         self._param_names = frozenset(p.strip().lower() for p in query_params)
         self._pattern = self._compile_patterns(tuple(patterns))
-        self._literals = _required_literals(tuple(patterns))
+        self._literals, self._literal_groups = _group_literals(_required_literals(tuple(patterns)))
         self._tree, self._field_text = self._compile_fields(tuple(body_fields))
         self._active = self._pattern is not None or self._tree is not None
 
@@ -315,6 +316,9 @@ class Redactor:
         lowered = value.lower()
         for literal in literals:
             if literal in lowered:
+                return True
+        for group in self._literal_groups:
+            if group.search(lowered) is not None:
                 return True
         return False
 
@@ -819,6 +823,31 @@ def _required_literals(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
             return None
         literals.extend(p.lower() for p in prefixes)
     return tuple(dict.fromkeys(literals)) if literals else None
+
+
+def _group_literals(
+    literals: tuple[str, ...] | None,
+) -> tuple[tuple[str, ...] | None, tuple[re.Pattern[str], ...]]:
+    """Literals that differ in one character only (``gho_``, ``ghp_``, ... from ``gh[pousr]_``)
+    become one regex with a literal prefix (``gh[oprsu]_``), which the regex engine finds in one
+    pass: five substring scans of a body cost ~2.5x that. Returns (the other literals, the groups)."""
+    if literals is None:
+        return None, ()
+    remaining = list(literals)
+    groups: list[re.Pattern[str]] = []
+    while True:
+        buckets: dict[tuple[str, str, int], list[str]] = {}
+        for literal in remaining:
+            for i in range(2, len(literal)):  # a prefix of 2+ characters keeps the engine's fast search
+                buckets.setdefault((literal[:i], literal[i + 1 :], i), []).append(literal)
+        best = max(buckets.items(), key=lambda item: len(item[1]), default=None)
+        if best is None or len(best[1]) < 3:
+            break
+        (prefix, suffix, i), members = best
+        chars = "".join(sorted({m[i] for m in members}))
+        groups.append(re.compile(f"{re.escape(prefix)}[{re.escape(chars)}]{re.escape(suffix)}"))
+        remaining = [literal for literal in remaining if literal not in members]
+    return tuple(remaining), tuple(groups)
 
 
 class RedactingFilter(logging.Filter):
