@@ -215,7 +215,7 @@ def _model(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
-class _Attempt(msgspec.Struct):
+class _Attempt(msgspec.Struct, gc=False):
     backend: str
     outcome: Any
     status: int | None
@@ -224,7 +224,7 @@ class _Attempt(msgspec.Struct):
     end_ms: float | None
 
 
-class _Request(msgspec.Struct):
+class _Request(msgspec.Struct, gc=False):
     headers: dict[str, str]
     body: str | None
     body_encoding: str
@@ -232,7 +232,7 @@ class _Request(msgspec.Struct):
     body_truncated: bool
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     headers: dict[str, str]
     body: str | None
     body_encoding: str
@@ -243,7 +243,7 @@ class _Response(msgspec.Struct):
     usage: Any
 
 
-class _Record(msgspec.Struct):
+class _Record(msgspec.Struct, gc=False):
     schema: int
     id: str
     request_id: str
