@@ -224,7 +224,7 @@ class _Attempt(msgspec.Struct, gc=False):
     end_ms: float | None
 
 
-class _Request(msgspec.Struct, gc=False):
+class _Message(msgspec.Struct, gc=False):  # the record's "request"; "response" adds to it
     headers: dict[str, str]
     body: str | None
     body_encoding: str
@@ -232,12 +232,7 @@ class _Request(msgspec.Struct, gc=False):
     body_truncated: bool
 
 
-class _Response(msgspec.Struct, gc=False):
-    headers: dict[str, str]
-    body: str | None
-    body_encoding: str
-    bytes: int
-    body_truncated: bool
+class _Response(_Message, gc=False):
     stream: bool
     text: str | None
     usage: Any
@@ -263,7 +258,7 @@ class _Record(msgspec.Struct, gc=False):
     backend: str | None
     error: str | None
     attempts: list[_Attempt]
-    request: _Request
+    request: _Message
     response: _Response
 
 
@@ -358,7 +353,7 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
         ex.backend,
         redactor.message(ex.error) if ex.error is not None else None,
         _attempts(ex) if ex.attempts else [],
-        _Request(
+        _Message(
             redactor.headers(ex.request_headers), request_text, request_encoding, len(request_body), request_truncated
         ),
         _Response(
