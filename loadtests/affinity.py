@@ -33,7 +33,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -42,44 +41,13 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import spawn_reading, stop_processes
+
 from haproxy_ai.settings import parse_duration
 
 MODES = ("round_robin", "load_aware", "hash")
-
-
-def _cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "haproxy-ai"
-    return [str(exe)] if os.access(exe, os.X_OK) else [sys.executable, "-m", "haproxy_ai"]
-
-
-def _start(args: list[str], patterns: list[str], procs: list[subprocess.Popen[str]]) -> list[str]:
-    env = dict(os.environ, HAPROXY_AI_LOG_LEVEL="warning")
-    proc = subprocess.Popen([*_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    procs.append(proc)
-    assert proc.stdout is not None
-    found: list[str] = []
-    deadline = time.monotonic() + 20
-    while len(found) < len(patterns) and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(patterns[len(found)], line)
-        if match:
-            found.append(match.group(1))
-    if len(found) < len(patterns):
-        raise RuntimeError(f"{args[0]} did not start")
-    return found
-
-
-def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    procs.clear()
 
 
 def _cache_counters(replicas: list[str]) -> tuple[float, float]:
@@ -171,7 +139,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> tuple[list[float], float, f
                 "--latency", args.latency, "--chunk-interval", "1ms", "--max-batch", str(args.max_batch),
                 "--prefill-per-kchar", args.prefill_per_kchar, "--prefix-cache-chars", str(args.cache_chars),
             ]  # fmt: skip
-            replicas += _start(flags, [r"serving (http://\S+)"], procs)
+            replicas += spawn_reading(flags, [r"serving (http://\S+)"], procs)
         config = Path(f"/tmp/haproxy-ai-affinity-{os.getpid()}-{mode}.yaml")
         balancer = {"type": mode}
         if mode == "hash":
@@ -188,14 +156,14 @@ def run_mode(mode: str, args: argparse.Namespace) -> tuple[list[float], float, f
         )
         try:
             flags = ["serve", "--config", str(config), "--port", "0", "--admin-port", "0"]
-            url, _admin = _start(flags, [r"proxying (http://\S+)", r"admin on (http://\S+)"], procs)
+            url, _admin = spawn_reading(flags, [r"proxying (http://\S+)", r"admin on (http://\S+)"], procs)
             later, wall = asyncio.run(_drive(url, args))
         finally:
             config.unlink()
         hits, queries = _cache_counters(replicas)
         return later, hits / queries if queries else 0.0, wall
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 def main() -> int:

@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -176,6 +176,58 @@ class Procs:
     def stop_all(self) -> None:
         while self.live:
             self.stop(self.live[-1])
+
+
+@contextlib.contextmanager
+def fixed_backend_scratch(prefix: str) -> Iterator[tuple[Procs, Path, str]]:
+    """A temporary directory, the children started in it and the fixed-body backend's URL; on
+    exit every child is stopped and the directory removed (the cost scripts' common frame)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Procs(tmp)
+    try:
+        backend, _ = start_fixed_backend(procs, tmp)
+        yield procs, tmp, backend
+    finally:
+        procs.stop_all()
+        time.sleep(0.1)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def spawn_reading(
+    args: list[str], patterns: list[str], procs: list[subprocess.Popen[str]], timeout: float = 20
+) -> list[str]:
+    """Start ``haproxy-ai ARGS`` (appended to ``procs``) and read its stdout until each pattern
+    has matched a line, in order; the first group of each match. RuntimeError if it does not."""
+    env = dict(os.environ, HAPROXY_AI_LOG_LEVEL="warning")
+    cmd = [*haproxy_ai_cmd(), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    procs.append(proc)
+    assert proc.stdout is not None
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < len(patterns) and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(patterns[len(found)], line)
+        if match:
+            found.append(match.group(1))
+    if len(found) < len(patterns):
+        raise RuntimeError(f"{args[0]} did not start")
+    return found
+
+
+def stop_processes(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every child in ``procs``, wait up to 10 s each, kill the ones still running."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    procs.clear()
 
 
 def start_fixed_backend(procs: Procs, tmp: Path) -> tuple[str, str]:

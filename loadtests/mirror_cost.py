@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CPU_LOAD, CPU_PROXY, Procs, free_port, haproxy_ai_cmd, pin, start_fixed_backend, tool
+from bench import CPU_LOAD, CPU_PROXY, Procs, fixed_backend_scratch, free_port, haproxy_ai_cmd, pin, tool
 
 
 def cpu_seconds(pid: int) -> float:
@@ -133,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk:
         print("mirror_cost.py: needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="haproxy-ai-mirror-cost-"))
-    procs = Procs(tmp)
-    try:
-        backend, _ = start_fixed_backend(procs, tmp)
+    with fixed_backend_scratch("haproxy-ai-mirror-cost-") as (procs, tmp, backend):
         config = tmp / "mirror.yaml"
         config.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}', sample_rate: {args.sample_rate}}}\n")
         targets = {"off": start(procs, backend, "proxy-off", None), "on": start(procs, backend, "proxy-on", config)}
@@ -169,10 +163,6 @@ def main(argv: list[str] | None = None) -> int:
             f" {paired_cpu:+.1%} CPU per request"
         )
         return 0
-    finally:
-        procs.stop_all()
-        time.sleep(0.1)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Procs, free_port, haproxy_ai_cmd, start_fixed_backend, tool
+from bench import fixed_backend_scratch, free_port, haproxy_ai_cmd, tool
 from mirror_cost import positive_int
 
 CONNECTIONS = 32
@@ -111,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not valgrind:
         print("mirror_instructions.py: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="haproxy-ai-mirror-instructions-"))
-    procs = Procs(tmp)
-    try:
-        backend, _ = start_fixed_backend(procs, tmp)
+    with fixed_backend_scratch("haproxy-ai-mirror-instructions-") as (_, tmp, backend):
         per = {}
         for mirror in (False, True):
             busy, elapsed = instructions(valgrind, tmp, backend, mirror, args.requests)
@@ -126,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         added = per[True] - per[False]
         print(f"mirroring adds {added:,.0f} instructions per request (+{added / per[False]:.1%})")
         return 0
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

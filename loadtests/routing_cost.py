@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CPU_PROXY, Procs, free_port, haproxy_ai_cmd, start_fixed_backend, tool
+from bench import CPU_PROXY, fixed_backend_scratch, free_port, haproxy_ai_cmd, tool
 from mirror_cost import measure_rounds, positive_int
 
 BODY = {
@@ -72,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk:
         print("routing_cost.py: needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="haproxy-ai-routing-cost-"))
-    procs = Procs(tmp)
-    try:
-        backend, _ = start_fixed_backend(procs, tmp)
+    with fixed_backend_scratch("haproxy-ai-routing-cost-") as (procs, tmp, backend):
         script = tmp / "post.lua"
         body = json.dumps(BODY).replace("\\", "\\\\").replace('"', '\\"')
         script.write_text(
@@ -102,10 +96,6 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"; cost vs single, paired per round: {d_rps:+.1%} throughput, {d_cpu:+.1%} CPU per request"
             print(line)
         return 0
-    finally:
-        procs.stop_all()
-        time.sleep(0.1)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

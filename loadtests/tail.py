@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,27 +25,11 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import spawn_reading, stop_processes
+
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-def _cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "haproxy-ai"
-    return [str(exe)] if os.access(exe, os.X_OK) else [sys.executable, "-m", "haproxy_ai"]
-
-
-def _start(args: list[str], pattern: str, procs: list[subprocess.Popen[str]]) -> str:
-    proc = subprocess.Popen([*_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    procs.append(proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(pattern, line)
-        if match:
-            return match.group(1)
-    raise RuntimeError(f"{args[0]} did not start")
 
 
 def _upstream_attempts(admin: str) -> float:
@@ -94,11 +77,10 @@ def main() -> int:
         for i in range(3):
             tail = ["--tail-fraction", "0.1", "--tail-latency", str(args.tail)] if i == 0 else []
             flags = ["--port", "0", "--latency", "0.01", "--jitter", "0.002", "--seed", str(i), "--name", f"r{i}"]
-            replicas.append(_start(["fake-backend", *flags, *tail], r"serving (http://\S+)", procs))
+            replicas.append(spawn_reading(["fake-backend", *flags, *tail], [r"serving (http://\S+)"], procs)[0])
         backends = [f"{url},name=r{i}" for i, url in enumerate(replicas)]
         results = {}
         for label, hedge in (("hedging off", "false"), ("hedging on", "true")):
-            env = dict(os.environ, HAPROXY_AI_LOG_LEVEL="warning")
             config = Path(f"/tmp/haproxy-ai-tail-{os.getpid()}-{hedge}.yaml")
             config.write_text(
                 f"hedge: {{enabled: {hedge}, delay: {args.delay}}}\n"
@@ -107,18 +89,11 @@ def main() -> int:
             flags = ["serve", "--config", str(config), "--port", "0", "--admin-port", "0", "--balancer", "round_robin"]
             for backend in backends:
                 flags += ["--backend", backend]
-            proc = subprocess.Popen([*_cmd(), *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    env=env)  # fmt: skip
-            procs.append(proc)
-            assert proc.stdout is not None
-            url = re.search(r"proxying (http://\S+)", proc.stdout.readline() or "")
-            admin = re.search(r"admin on (http://\S+)", proc.stdout.readline() or "")
-            if not url or not admin:
-                raise RuntimeError("proxy did not start")
-            asyncio.run(_drive(url[1], 200, args.concurrency))  # warm-up: pools, and p95 samples for the delay
-            before = _upstream_attempts(admin[1])
-            latencies = asyncio.run(_drive(url[1], args.requests, args.concurrency))
-            extra = (_upstream_attempts(admin[1]) - before - args.requests) / args.requests
+            url, admin = spawn_reading(flags, [r"proxying (http://\S+)", r"admin on (http://\S+)"], procs)
+            asyncio.run(_drive(url, 200, args.concurrency))  # warm-up: pools, and p95 samples for the delay
+            before = _upstream_attempts(admin)
+            latencies = asyncio.run(_drive(url, args.requests, args.concurrency))
+            extra = (_upstream_attempts(admin) - before - args.requests) / args.requests
             results[label] = (latencies, extra)
             config.unlink()
         print(f"# {args.requests} requests, {args.concurrency} concurrent; 1 of 3 replicas sends 10% of its "
@@ -131,13 +106,7 @@ def main() -> int:
             )
         return 0
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 if __name__ == "__main__":
