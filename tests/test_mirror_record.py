@@ -48,7 +48,8 @@ def test_format_time_is_right_on_the_first_call_of_a_process() -> None:
 
 
 def _exchange(wall: float, body: bytes = b"{}", *, cap: int = 1 << 20, request_id: str = "ours") -> Exchange:
-    ex = Exchange("rec-1", 100.0, wall, "POST", b"/v1/chat/completions", b"", [(b"host", b"h")], "127.0.0.1", cap)
+    ex = Exchange("rec-1", 100.0, "POST", b"/v1/chat/completions", b"", [(b"host", b"h")], "127.0.0.1", cap)
+    ex.received_wall = wall
     ex.request_id = request_id
     ex.respond(200, [(b"Content-Type", b"application/json")], 100.0 + 0.0009994)
     ex.add(body)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ENDED", "SCHEMA_VERSION", "Exchange", "encode", "format_time", "parse_sse"]
 
+
 SCHEMA_VERSION = 1
 ENDED = ("complete", "client_aborted", "upstream_reset", "truncated")
 _NO_ATTEMPTS: list[AttemptRecord] = []
@@ -29,7 +30,9 @@ _NO_ATTEMPTS: list[AttemptRecord] = []
 class Exchange:
     """A request/response pair as the proxy saw it, captured cheaply on the request path.
 
-    Times are the injected clock's monotonic seconds, except ``received_wall`` (epoch seconds).
+    Times are the injected clock's monotonic seconds, except ``received_wall`` (epoch seconds),
+    which the writer sets from ``received`` when it encodes the record: no wall-clock read per
+    request.
     The response body is kept up to ``cap`` bytes; later chunks are only counted, except the
     last few, which usually carry a stream's ``usage``.
     """
@@ -64,7 +67,6 @@ class Exchange:
         self,
         record_id: str,
         received: float,
-        received_wall: float,
         method: str,
         raw_path: bytes,
         query: bytes,
@@ -75,7 +77,7 @@ class Exchange:
         self.id = record_id
         self.request_id = ""
         self.received = received
-        self.received_wall = received_wall
+        self.received_wall = 0.0
         self.method = method
         self.raw_path = raw_path
         self.query = query
@@ -140,17 +142,28 @@ def format_time(epoch: float) -> str:
     return _stamp(_in_second(epoch))
 
 
+_NO_BODY: tuple[str | None, str, bool] = (None, "utf-8", False)
+
+
 def _body(raw: bytes, cap: int, redactor: Redactor) -> tuple[str | None, str, bool]:
     """(text, encoding, truncated) for a body kept up to ``cap`` bytes, redacted."""
+    if len(raw) <= cap:  # the common case, inline: whole, UTF-8, no NUL
+        try:
+            text = redactor.body_text(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+        else:
+            if "\x00" not in text:
+                return (text, "utf-8", False) if raw else _NO_BODY
     truncated = len(raw) > cap
     if truncated:
         raw = raw[:cap]
     if not raw:
         return (None if not truncated else "", "utf-8", truncated)
-    text = _utf8(raw, truncated)
-    if text is None:  # binary: kept exactly
+    decoded = _utf8(raw, truncated)
+    if decoded is None:  # binary: kept exactly
         return base64.b64encode(raw).decode("ascii"), "base64", truncated
-    text = redactor.body_text(text)
+    text = redactor.body_text(decoded)
     if "\x00" in text:  # text PostgreSQL's jsonb cannot hold: the (redacted) bytes exactly
         return base64.b64encode(text.encode("utf-8")).decode("ascii"), "base64", truncated
     return text, "utf-8", truncated
@@ -266,6 +279,8 @@ _ENCODER = msgspec.json.Encoder()
 
 
 def _attempts(exchange: Exchange) -> list[_Attempt]:
+    # Offsets in ms rounded to the microsecond: (x * 1e6 + 0.5) // 1 is int(x * 1e6 + 0.5) for the
+    # non-negative offsets here, as a float, without a call (it divides by 1000 to the same float).
     start = exchange.received
     out = []
     for attempt in exchange.attempts:
@@ -275,15 +290,12 @@ def _attempts(exchange: Exchange) -> list[_Attempt]:
                 attempt.backend.name,
                 attempt.outcome,
                 attempt.status,
-                int((attempt.started - start) * 1_000_000 + 0.5) / 1000,
-                int((headers_at - start) * 1_000_000 + 0.5) / 1000 if headers_at else None,
-                int((ended - start) * 1_000_000 + 0.5) / 1000 if ended else None,
+                ((attempt.started - start) * 1_000_000 + 0.5) // 1 / 1000,
+                ((headers_at - start) * 1_000_000 + 0.5) // 1 / 1000 if headers_at else None,
+                ((ended - start) * 1_000_000 + 0.5) // 1 / 1000 if ended else None,
             )
         )
     return out
-
-
-_NO_BODY = (None, "utf-8", False)
 
 
 def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> _Record:

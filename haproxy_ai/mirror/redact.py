@@ -173,10 +173,10 @@ class Redactor:
     __slots__ = (
         "_active",
         "_field_text",
+        "_header_fields_seen",
         "_header_names",
-        "_header_names_seen",
-        "_header_values_seen",
         "_latin1_seen",
+        "_listed_names_seen",
         "_literal_groups",
         "_literals",
         "_param_names",
@@ -214,8 +214,10 @@ class Redactor:
         # keeps sub() on its fastest path (no Python callback per match).
         self._template = replacement.replace("\\", "\\\\")
         self._header_names = frozenset(h.strip().lower() for h in headers)
-        self._header_names_seen: dict[Any, str] = {}  # raw name -> lowercased, unlisted names only
-        self._header_values_seen: dict[Any, str] = {}
+        # (raw name, raw value) -> (lowercased name, redacted value), for unlisted names only;
+        # raw names of listed headers -> lowercased (their values are never kept).
+        self._header_fields_seen: dict[Any, tuple[str, str]] = {}
+        self._listed_names_seen: dict[Any, str] = {}
         self._latin1_seen: dict[bytes, str] = {}
         self._param_names = frozenset(p.strip().lower() for p in query_params)
         self._pattern = self._compile_patterns(tuple(patterns))
@@ -352,36 +354,38 @@ class Redactor:
         is redacted on its own (as :meth:`header` does) before joining.
         """
         out: dict[str, str] = {}
-        names, values = self._header_names_seen, self._header_values_seen
-        for raw_name, raw_value in pairs:
+        seen = self._header_fields_seen
+        for pair in pairs:
             # Most fields repeat from request to request (content-type, user-agent, server): each
-            # distinct name and value is decoded and scanned once. Listed names are not in the name
-            # cache, so their values are never looked up, decoded or kept.
-            name = names.get(raw_name)
-            value = values.get(raw_value) if name is not None else None
-            if name is None or value is None:
-                name, value = self._header(raw_name, raw_value)
+            # distinct field is decoded and scanned once, then costs one lookup.
+            field = seen.get(pair)
+            if field is None:
+                field = self._header(pair)
+            name, value = field
             if name in out:
                 out[name] = f"{out[name]}, {value}"
             else:
                 out[name] = value
         return out
 
-    def _header(self, raw_name: str | bytes, raw_value: str | bytes) -> tuple[str, str]:
-        """(lowercased name, redacted value) of a header not (entirely) in the caches; remembers
-        unlisted names and their values."""
+    def _header(self, pair: tuple[str, str] | tuple[bytes, bytes]) -> tuple[str, str]:
+        """(lowercased name, redacted value) of a field not in the cache; remembers it unless the
+        name is listed (a secret's value is never kept)."""
+        raw_name, raw_value = pair
+        listed = self._listed_names_seen.get(raw_name)
+        if listed is not None:
+            return listed, self._replacement
         name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
         if name in self._header_names:
+            if len(self._listed_names_seen) < _HEADER_CACHE_SIZE:
+                self._listed_names_seen[raw_name] = name
             return name, self._replacement
-        names, values = self._header_names_seen, self._header_values_seen
-        if len(names) >= _HEADER_CACHE_SIZE:
-            names.clear()
-        names[raw_name] = name
-        value = self.text(raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value)
-        if len(values) >= _HEADER_CACHE_SIZE:
-            values.clear()  # bounded: unique values (dates, ids, lengths) would otherwise pile up
-        values[raw_value] = value
-        return name, value
+        field = name, self.text(raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value)
+        seen = self._header_fields_seen
+        if len(seen) >= _HEADER_CACHE_SIZE:
+            seen.clear()  # bounded: unique values (dates, ids, lengths) would otherwise pile up
+        seen[pair] = field
+        return field
 
     def _params(self, query: str) -> str:
         """``query`` with the values of listed parameters replaced; everything else byte for byte.
@@ -601,7 +605,7 @@ class Redactor:
             # No body fields: a pattern pass over the text as it is catches everything a parse
             # would (only a \u-escaped secret needs the decoding path), costs a fraction of it on
             # every record, and keeps the body byte for byte when nothing matched.
-            return self._text_escapes(text)
+            return self._text_escapes(text) if self._may_match(text) else text
         lead = _LEADING.match(text)
         start = lead.end() if lead is not None else 0
         first = text[start : start + 1]

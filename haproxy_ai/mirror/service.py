@@ -88,6 +88,9 @@ class Mirror:
         self._queue_size = settings.queue_size
         self._queue_max_bytes = settings.queue_max_bytes
         self._queued_bytes = 0
+        # Records' wall-clock receipt times come from their monotonic ones plus this offset, which
+        # the writer refreshes every fsync_interval: no wall-clock read per request.
+        self._wall_offset = clock.time() - clock.monotonic()
         # Record ids: unique across processes and restarts without a syscall per request.
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count((1 << 64) + 1)  # hex(n)[3:]: 16 digits, cheaper than a format spec
@@ -153,7 +156,6 @@ class Mirror:
         return Exchange(
             self._id_prefix + hex(next(self._ids))[3:],
             received,
-            self.clock.time(),
             method,
             raw_path,
             query,
@@ -165,12 +167,17 @@ class Mirror:
     def offer(self, exchange: Exchange) -> bool:
         """Queue a finished exchange without waiting. False when the queue is full: in ``drop``
         mode the record is counted as dropped; in ``block`` mode the caller awaits ``put``."""
-        if self.queued() >= self._queue_size or self._queued_bytes >= self._queue_max_bytes or self._closing:
+        queue = self._queue
+        if (
+            len(queue) + len(self._lines) >= self._queue_size
+            or self._queued_bytes >= self._queue_max_bytes
+            or self._closing
+        ):
             if not self.blocking or self._closing:
                 self.metrics.queue_full.inc()
                 self.metrics.enqueued.inc()
             return False
-        self._queue.append(exchange)
+        queue.append(exchange)
         self._queued_bytes += len(exchange.request_body) + exchange.kept
         if not self._encode_scheduled and self._loop is not None:
             # Encoded in a callback of this same loop iteration, after the request's task: the
@@ -268,11 +275,13 @@ class Mirror:
         self._encode_scheduled = False
         queue, lines, m = self._queue, self._lines, self.metrics
         redactor, instance, cap = self.redactor, self.instance, self._request_cap
+        wall_offset = self._wall_offset
         taken = change = 0
         while queue and taken < _BATCH:  # bounded: one callback never holds the loop for long
             exchange = queue.popleft()
             taken += 1
             change -= len(exchange.request_body) + exchange.kept
+            exchange.received_wall = exchange.received + wall_offset
             try:
                 line = encode(exchange, redactor, instance, cap)
             except Exception as exc:  # a bug, never a reason to stop mirroring
@@ -318,6 +327,7 @@ class Mirror:
                 await self._write(lines)
             if loop.time() - last_tick >= interval or (self._closing and not self._lines):
                 last_tick = loop.time()
+                self._wall_offset = self.clock.time() - self.clock.monotonic()
                 try:
                     await self._run(self.spool.tick)
                 except OSError as exc:
