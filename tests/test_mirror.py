@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from haproxy_ai.app import Proxy
+from haproxy_ai.mirror import record
 from haproxy_ai.mirror.reader import iter_spool
 from haproxy_ai.mirror.spool import SpoolError
 
@@ -75,6 +76,7 @@ def test_every_request_gets_one_record_with_secrets_redacted(stack: Stack, tmp_p
     status = counts(proxy)
     assert status["records"]["enqueued"] == status["records"]["spooled"] == 21
     assert sum(status["records"]["dropped"].values()) == 0
+    assert status["encoder"] == ("c" if record.NATIVE else "python")
 
 
 def test_a_streamed_response_is_captured_whole(stack: Stack, tmp_path: Path) -> None:

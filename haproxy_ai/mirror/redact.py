@@ -185,6 +185,7 @@ class Redactor:
         "_replacement_json",
         "_template",
         "_tree",
+        "native_caches",
     )
 
     def __init__(
@@ -224,6 +225,15 @@ class Redactor:
         self._literals, self._literal_groups = _group_literals(_required_literals(tuple(patterns)))
         self._tree, self._field_text = self._compile_fields(tuple(body_fields))
         self._active = self._pattern is not None or self._tree is not None
+        # What the C record encoder (record.py) needs to prove a record has nothing to redact:
+        # the header caches, and every literal some pattern match must contain. None when that
+        # cannot be proved without Python (body fields, a pattern with no such literal).
+        scan = _required_literals(tuple(patterns)) if self._pattern is not None else ()
+        self.native_caches: tuple[dict[Any, tuple[str, str]], dict[Any, str], str, tuple[bytes, ...]] | None = (
+            (self._header_fields_seen, self._listed_names_seen, replacement, tuple(s.encode() for s in scan))
+            if self._tree is None and scan is not None and len(scan) <= 64 and all(s.isascii() for s in scan)
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: RedactSettings) -> Redactor:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from ..clock import Clock
 from ..metrics import MirrorMetrics
 from ..settings import MirrorSettings, SinkSettings
-from .record import Exchange, encode
+from .record import NATIVE, Exchange, encode
 from .redact import Redactor
 from .sinks.base import RecordSink, SinkError
 from .sinks.file import FileSink
@@ -215,6 +215,7 @@ class Mirror:
             await self._run(self.spool.close)
             raise
         self._closing = False
+        log.info("mirror: records encoded by the %s encoder", "C" if NATIVE else "Python")
         self._loop = asyncio.get_running_loop()
         self._writer = asyncio.ensure_future(self._write_loop())
         for name, sink in self.sinks.items():
@@ -424,6 +425,7 @@ class Mirror:
         return {
             "enabled": True,
             "instance": self.instance,
+            "encoder": "c" if NATIVE else "python",
             "spool_dir": str(self.spool.dir),
             "queue": {"depth": self.queued(), "bytes": self._queued_bytes, "mode": self.settings.on_queue_full},
             "spool": {"bytes": stats.bytes, "segments": stats.segments, "records": stats.records},

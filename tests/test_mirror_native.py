@@ -1,0 +1,186 @@
+"""The C record encoder (haproxy_ai/mirror/_fastrecord.c) against the Python path.
+
+``record.encode`` takes the C path when it can prove a record needs no redaction beyond the
+header caches, and the Python path otherwise. Whenever the C path answers, its bytes must be
+exactly the Python path's; whenever a secret is in play, it must step aside. The install builds
+it where a C compiler exists (setup.py); without one these tests are skipped and the Python path
+is all there is.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from haproxy_ai.context import AttemptRecord
+from haproxy_ai.mirror import record
+from haproxy_ai.mirror.record import Exchange
+from haproxy_ai.mirror.redact import Redactor
+from haproxy_ai.outcome import Outcome
+from haproxy_ai.settings.schema import RedactSettings
+
+pytestmark = pytest.mark.skipif(not record.NATIVE, reason="built without a C compiler: no C record encoder")
+
+SECRET = "sk-" + "Qw3rTy7uIo9pAs1dFg5hJk"
+WALL = 1795898227.25
+BODY = b'{"id":"chatcmpl-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \\"there\\"\\n"}}]}'
+
+
+def _exchange(**over: Any) -> Exchange:
+    """A finished exchange like the proxy's, received a quarter into a second (all three of its
+    timestamps fall in that second)."""
+    case: dict[str, Any] = {
+        "path": b"/v1/chat/completions",
+        "query": b"",
+        "request_headers": [(b"host", b"proxy"), (b"content-type", b"application/json")],
+        "request_body": b'{"model": "m1", "messages": [{"role": "user", "content": "hello"}]}',
+        "status": 200,
+        "response_headers": ((b"Content-Type", b"application/json"), (b"Date", b"Sat, 28 Nov 2026 23:03:12 GMT")),
+        "chunks": [BODY],
+        "attempts": 1,
+        "error": None,
+        "client": "10.1.2.3",
+        "first_byte": 0.0025,
+    }
+    case.update(over)
+    ex = Exchange("0123456789abcdef0000000000000001", 500.0, "POST", case["path"], case["query"],
+                  case["request_headers"], case["client"], 1 << 20)  # fmt: skip
+    ex.received_wall = WALL
+    ex.request_id = "rid-1"
+    ex.request_body = case["request_body"]
+    if case["first_byte"] is not None:
+        ex.respond(case["status"], case["response_headers"], 500.0 + case["first_byte"])
+    for chunk in case["chunks"]:
+        ex.add(chunk)
+    ex.done = 500.0031
+    ex.error = case["error"]
+    ex.backend = "10.0.0.5:8000"
+    backend = SimpleNamespace(name="10.0.0.5:8000")
+    ex.attempts = [
+        AttemptRecord(backend, 500.0001 + i / 1000, 500.0021, 500.003, Outcome.SUCCESS, 200)  # type: ignore[arg-type]
+        for i in range(case["attempts"])
+    ]
+    return ex
+
+
+def _paths(ex: Exchange, redactor: Redactor, cap: int = 1 << 20) -> tuple[bytes | None, bytes]:
+    """(the C path's answer, the Python path's bytes) for the same exchange."""
+    record.format_time(ex.received_wall)  # both paths see the same cached second
+    python = record._ENCODER.encode(record.build(ex, redactor, "node-a", cap))  # fills the header caches
+    caches = redactor.native_caches
+    assert caches is not None
+    body = ex.request_body
+    model = record._model(body) if b'"model"' in body else None
+    native = record._native_encode(ex, record._second, "node-a", cap, model, *caches)
+    return native, python
+
+
+def test_the_common_record_is_encoded_in_c_exactly_as_in_python() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    native, python = _paths(_exchange(), redactor)
+    assert native is not None, "the common case must take the C path"
+    assert native == python
+    # And record.encode itself takes it (the caches are warm now).
+    assert record.encode(_exchange(), redactor, "node-a", 1 << 20) is not None
+
+
+def test_listed_headers_are_replaced_by_the_c_path_too() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    headers = [(b"host", b"proxy"), (b"Authorization", f"Bearer {SECRET}".encode()), (b"X-Api-Key", SECRET.encode())]
+    native, python = _paths(_exchange(request_headers=headers), redactor)
+    assert native is not None and native == python
+    assert SECRET.encode() not in native
+    assert orjson.loads(native)["request"]["headers"]["authorization"] == "[REDACTED]"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"chunks": [BODY[:-2] + f' {SECRET}"}}'.encode()]}, "a secret in the response body"),
+        ({"request_body": f'{{"prompt": "key {SECRET}"}}'.encode()}, "a secret in the request body"),
+        ({"request_body": b'{"prompt": "AKIA in upper case"}'}, "a literal in another case"),
+        ({"path": f"/v1/{SECRET}".encode()}, "a secret in the path"),
+        ({"query": f"key={SECRET}".encode()}, "a query string"),
+        ({"chunks": ['{"text": "caf\u00e9"}'.encode()]}, "non-ASCII text"),
+        ({"chunks": [b'{"text": "\\u0073k-abc"}']}, "an escaped character in a body"),
+        ({"chunks": [b"a\x00b"]}, "a NUL byte"),
+        ({"chunks": [b"\xff\xfe"]}, "a binary body"),
+        ({"response_headers": [(b"content-type", b"text/event-stream")]}, "a stream"),
+        ({"request_headers": [(b"x-a", b"1"), (b"X-A", b"2")]}, "a repeated header"),
+        ({"error": "upstream reset"}, "an error message"),
+        ({"first_byte": None, "status": 499}, "no response"),
+    ],
+)
+def test_the_c_path_steps_aside(change: dict[str, Any], why: str) -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    native, _ = _paths(_exchange(**change), redactor)
+    assert native is None, why
+    assert SECRET.encode() not in record.encode(_exchange(**change), redactor, "node-a", 1 << 20)
+
+
+def test_a_header_not_seen_before_goes_through_python_first() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    ex = _exchange(request_headers=[(b"x-note", f"token {SECRET}".encode())])
+    caches = redactor.native_caches
+    assert caches is not None
+    assert record._native_encode(ex, record._second, "node-a", 1 << 20, "m1", *caches) is None
+    line = record.encode(ex, redactor, "node-a", 1 << 20)  # the Python path: redacts and caches
+    assert SECRET.encode() not in line
+    native = record._native_encode(_exchange(request_headers=ex.request_headers), record._second, "n", 1 << 20,
+                                   "m1", *caches)  # fmt: skip
+    assert native is not None and SECRET.encode() not in native
+
+
+def test_no_c_path_when_a_pattern_has_no_literal_or_body_fields_are_set() -> None:
+    assert Redactor(patterns=[r"\d{16}"]).native_caches is None  # any text could match
+    assert Redactor(body_fields=["user"]).native_caches is None  # needs the parsed body
+    assert Redactor().native_caches is not None  # nothing to redact but listed headers
+
+
+def test_a_record_outside_the_cached_second_goes_through_python() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    ex = _exchange()
+    record.format_time(ex.received_wall - 5)  # the cache holds an older second
+    record.build(ex, redactor, "node-a", 1 << 20)  # warm the header caches (moves the second)
+    record.format_time(ex.received_wall - 5)
+    caches = redactor.native_caches
+    assert caches is not None
+    assert record._native_encode(ex, record._second, "node-a", 1 << 20, "m1", *caches) is None
+
+
+text = st.text(st.characters(max_codepoint=127), max_size=60)
+field = st.tuples(st.sampled_from([b"host", b"accept", b"x-trace", b"content-type", b"cookie"]), st.binary(max_size=30))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request_headers=st.lists(field, max_size=5),
+    response_headers=st.lists(field, max_size=5),
+    request_body=st.binary(max_size=80) | text.map(str.encode),
+    chunks=st.lists(st.binary(max_size=40) | text.map(str.encode), max_size=3),
+    path=st.sampled_from([b"/", b"/v1/models", b"/a%20b", b"/\x7f", b"/sk-x"]),
+    status=st.integers(100, 599),
+    attempts=st.integers(0, 3),
+    first_byte=st.floats(0, 0.0009) | st.just(0.0),
+    client=st.none() | st.just("::1"),
+)
+def test_c_and_python_paths_agree_on_any_record(**case: Any) -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    ex = _exchange(**{**case, "response_headers": tuple(case["response_headers"])})
+    native, python = _paths(ex, redactor)
+    if native is not None:
+        assert native == python
+        orjson.loads(native)
+
+
+def test_an_exchange_the_c_path_cannot_read_goes_through_python() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    caches = redactor.native_caches
+    assert caches is not None
+    odd = SimpleNamespace(id="x")  # no other attribute
+    assert record._native_encode(odd, record._second, "node-a", 1 << 20, None, *caches) is None
