@@ -38,8 +38,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# A C compiler for the mirror's record encoder (haproxy_ai/mirror/_fastrecord.c; without one the
+# install would fall back to pure Python). Only this stage has it: the runtime image gets the venv.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY haproxy_ai ./haproxy_ai
 # pip compiles the .pyc files here: the runtime root filesystem may be read-only. The [postgres]
 # extra (asyncpg) lets the mirror ship records to PostgreSQL; nothing else optional.
