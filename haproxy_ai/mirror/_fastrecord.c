@@ -164,26 +164,37 @@ static int put_ms(Buf *b, long long micros) {
 /* An attribute that must exist; NULL with the exception set otherwise. */
 static PyObject *attr(PyObject *o, PyObject *name) { return PyObject_GetAttr(o, name); }
 
-static unsigned char LOWER[256];
+static unsigned char LOWER[256], UPPER[256];
 
 /* FALLBACK when ``s[0:n]`` is not plain ASCII without NUL or contains a literal in any case (the
  * literals are lowercase: what Redactor._may_match checks on str.lower()). With ``escapes``, also
  * when it contains a backslash-u (a body the Python path parses). One pass: a literal is compared
  * only where the text has its first character. */
 static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes) {
-    /* The literals by first character: head[c] is the first, next[k] the one after literal k. */
+    /* What each byte means here: 0 nothing, 1 some literal starts with it (either case), 2 look
+     * closer (NUL, non-ASCII, backslash). head/next chain the literals by first character. */
+    unsigned char kind[256];
     signed char head[256], next[MAX_LITERALS];
+    memset(kind, 0, 0x80);
+    memset(kind + 0x80, 2, 0x80);
+    kind[0] = 2;
+    if (escapes) kind['\\'] = 2;
     memset(head, -1, sizeof head);
     Py_ssize_t count = PyTuple_GET_SIZE(literals);
     for (Py_ssize_t k = count - 1; k >= 0; k--) {
         unsigned char c = (unsigned char)PyBytes_AS_STRING(PyTuple_GET_ITEM(literals, k))[0];
         next[k] = head[c];
         head[c] = (signed char)k;
+        if (c < 0x80 && kind[c] != 2) kind[c] = kind[UPPER[c]] = 1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == 0 || c >= 0x80) return FALLBACK;
-        if (escapes && c == '\\' && i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+        if (!kind[c]) continue;
+        if (kind[c] == 2) {
+            if (c != '\\') return FALLBACK; /* NUL or non-ASCII */
+            if (i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+            continue;
+        }
         for (int k = head[LOWER[c]]; k >= 0; k = next[k]) {
             PyObject *literal = PyTuple_GET_ITEM(literals, k);
             const unsigned char *l = (const unsigned char *)PyBytes_AS_STRING(literal);
@@ -523,6 +534,7 @@ PyMODINIT_FUNC PyInit__fastrecord(void) {
     for (int c = 0; c < 256; c++) {
         ESCAPE[c] = c < 0x20 || c == '"' || c == '\\';
         LOWER[c] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        UPPER[c] = (unsigned char)(c >= 'a' && c <= 'z' ? c - 32 : c);
     }
     for (int i = 0; i < A_COUNT; i++) {
         if ((names_[i] = PyUnicode_InternFromString(attrs[i])) == NULL) return NULL;
