@@ -684,3 +684,20 @@ def test_literals_differing_in_one_character_are_checked_as_one_regex() -> None:
         assert (any(p in text for p in plain) or any(g.search(text) for g in groups)) == expected, text
     assert _group_literals(None) == (None, ())
     assert _group_literals(("gh1_", "gh2_")) == (("gh1_", "gh2_"), ())  # two: not worth a regex
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "key s\u212a-abcdef0123456789",  # KELVIN SIGN: (?i) matches it as k
+        "key \u017fk-abcdef0123456789",  # LONG S: as s
+        "id A\u0130ZA-abcdef0123456789",  # I WITH DOT ABOVE: as i (its lowercase is i + a combining dot)
+        "id a\u0131za-abcdef0123456789",  # DOTLESS I: as i
+    ],
+)
+def test_the_pre_scan_lets_no_case_insensitive_match_through(text: str) -> None:
+    patterns = [r"(?i)sk-[a-z0-9]{16,}", r"(?i)aiza-[a-z0-9]{16,}"]
+    r = Redactor(patterns=patterns)
+    assert any(re.search(p, text) for p in patterns)  # the regex engine does match it
+    assert "abcdef0123456789" not in r.text(text)
+    assert "abcdef0123456789" not in r.body_text(text)

@@ -325,7 +325,7 @@ class Redactor:
         literals = self._literals
         if literals is None:
             return self._pattern is not None
-        lowered = value.lower()
+        lowered = value.lower() if value.isascii() else value.translate(_CASE_FOLDS).lower()
         for literal in literals:
             if literal in lowered:
                 return True
@@ -793,6 +793,10 @@ _LEAD = re.compile(r"(?:\\b|\(\?[aiLmsux]*:|\(\?[aiLmsux]+\))+")
 
 
 _HEADER_CACHE_SIZE = 4096
+# The non-ASCII characters a case-insensitive pattern matches as an ASCII letter ("(?i)sk-"
+# matches "\u017fk-"), while str.lower() does not give that letter alone: folded before the
+# literal pre-scan, so it does not wave through text such a pattern would match.
+_CASE_FOLDS = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 _CLASS = re.compile(r"\[([A-Za-z0-9_-]{1,8})\]")  # a small class of plain characters, e.g. [pousr]
 
 
