@@ -106,7 +106,9 @@ def test_listed_headers_are_replaced_by_the_c_path_too() -> None:
         ({"request_body": b'{"prompt": "AKIA in upper case"}'}, "a literal in another case"),
         ({"path": f"/v1/{SECRET}".encode()}, "a secret in the path"),
         ({"query": f"key={SECRET}".encode()}, "a query string"),
-        ({"chunks": ['{"text": "caf\u00e9"}'.encode()]}, "non-ASCII text"),
+        ({"chunks": ['{"text": "s\u212a-and \u0130"}'.encode()]}, "characters whose lowercase is ASCII"),
+        ({"chunks": [b'{"text": "caf\xc3"}']}, "invalid UTF-8"),
+        ({"path": "/caf\u00e9".encode()}, "a non-ASCII path (latin-1 in the record)"),
         ({"chunks": [b'{"text": "\\u0073k-abc"}']}, "an escaped character in a body"),
         ({"chunks": [b"a\x00b"]}, "a NUL byte"),
         ({"chunks": [b"\xff\xfe"]}, "a binary body"),
@@ -121,6 +123,13 @@ def test_the_c_path_steps_aside(change: dict[str, Any], why: str) -> None:
     native, _ = _paths(_exchange(**change), redactor)
     assert native is None, why
     assert SECRET.encode() not in record.encode(_exchange(**change), redactor, "node-a", 1 << 20)
+
+
+def test_utf8_bodies_take_the_c_path() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    body = '{"text": "caf\u00e9 \u201cquoted\u201d \U0001f600 \u4e2d\u6587"}'.encode()
+    native, python = _paths(_exchange(chunks=[body], request_body=body), redactor)
+    assert native is not None and native == python
 
 
 def test_a_header_not_seen_before_goes_through_python_first() -> None:
@@ -153,7 +162,13 @@ def test_a_record_outside_the_cached_second_goes_through_python() -> None:
     assert record._native_encode(ex, record._second, "node-a", 1 << 20, "m1", *caches) is None
 
 
-text = st.text(st.characters(max_codepoint=127), max_size=60)
+text = (
+    st.text(st.characters(max_codepoint=127), max_size=60)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        ["K \u212a", "\u0130stanbul", "sk-\u00e9" + "x" * 20, "Bearer \u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"]
+    )
+)
 field = st.tuples(st.sampled_from([b"host", b"accept", b"x-trace", b"content-type", b"cookie"]), st.binary(max_size=30))
 
 

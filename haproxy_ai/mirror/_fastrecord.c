@@ -166,11 +166,14 @@ static PyObject *attr(PyObject *o, PyObject *name) { return PyObject_GetAttr(o, 
 
 static unsigned char LOWER[256], UPPER[256];
 
-/* FALLBACK when ``s[0:n]`` is not plain ASCII without NUL or contains a literal in any case (the
- * literals are lowercase: what Redactor._may_match checks on str.lower()). With ``escapes``, also
- * when it contains a backslash-u (a body the Python path parses). One pass: a literal is compared
- * only where the text has its first character. */
-static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes) {
+/* FALLBACK when ``s[0:n]`` contains a literal in any case (the literals are lowercase: what
+ * Redactor._may_match looks for in str.lower()), a NUL, or non-ASCII bytes unless ``utf8``
+ * (bodies: then it must be valid UTF-8, as Python decodes it, and hold none of the four
+ * characters a case-insensitive pattern matches as an ASCII letter: U+0130, U+0131, U+017F,
+ * U+212A; any other non-ASCII character cannot be part of an ASCII literal either way). With
+ * ``escapes``, also FALLBACK on a backslash-u (a body the Python path parses). One pass: a
+ * literal is compared only where the text has its first character. */
+static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes, int utf8) {
     /* What each byte means here: 0 nothing, 1 some literal starts with it (either case), 2 look
      * closer (NUL, non-ASCII, backslash). head/next chain the literals by first character. */
     unsigned char kind[256];
@@ -187,12 +190,24 @@ static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes) {
         head[c] = (signed char)k;
         if (c < 0x80 && kind[c] != 2) kind[c] = kind[UPPER[c]] = 1;
     }
+    int non_ascii = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (!kind[c]) continue;
         if (kind[c] == 2) {
-            if (c != '\\') return FALLBACK; /* NUL or non-ASCII */
-            if (i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+            if (c == '\\') {
+                if (i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+                continue;
+            }
+            if (c == 0 || !utf8) return FALLBACK;
+            /* U+0130, U+0131, U+017F: letters a case-insensitive pattern matches as i, i, s */
+            if ((c == 0xC4 || c == 0xC5) && i + 1 < n) {
+                unsigned char d = (unsigned char)s[i + 1];
+                if ((c == 0xC4 && (d == 0xB0 || d == 0xB1)) || (c == 0xC5 && d == 0xBF)) return FALLBACK;
+            }
+            if (c == 0xE2 && i + 2 < n && (unsigned char)s[i + 1] == 0x84 && (unsigned char)s[i + 2] == 0xAA)
+                return FALLBACK; /* U+212A */
+            non_ascii = 1;
             continue;
         }
         for (int k = head[LOWER[c]]; k >= 0; k = next[k]) {
@@ -203,6 +218,15 @@ static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes) {
             while (j < m && LOWER[(unsigned char)s[i + j]] == l[j]) j++;
             if (j == m) return FALLBACK;
         }
+    }
+    if (non_ascii) { /* exactly the text Python's strict UTF-8 decoder accepts */
+        PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (text == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+            PyErr_Clear();
+            return FALLBACK;
+        }
+        Py_DECREF(text);
     }
     return 0;
 }
@@ -284,7 +308,7 @@ out:
 static int put_body(Buf *b, const char *s, Py_ssize_t n, long long total, const Caches *c) {
     int rc;
     if (n == 0) rc = PUT(b, "\"body\":null");
-    else if ((rc = scan(s, n, c->literals, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
+    else if ((rc = scan(s, n, c->literals, 1, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
     if (rc) return rc;
     if ((rc = PUT(b, ",\"body_encoding\":\"utf-8\",\"bytes\":")) || (rc = put_int(b, total))) return rc;
     return PUT(b, ",\"body_truncated\":false");
@@ -414,7 +438,7 @@ static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance
 
     const char *path = PyBytes_AS_STRING(a[A_RAW_PATH]);
     Py_ssize_t path_len = PyBytes_GET_SIZE(a[A_RAW_PATH]);
-    if ((rc = scan(path, path_len, c->literals, 0))) goto out;
+    if ((rc = scan(path, path_len, c->literals, 0, 0))) goto out; /* latin-1 in Python: ASCII only here */
 
     if ((rc = PUT(b, "{\"schema\":1,\"id\":")) || (rc = put_str(b, a[A_ID])) || (rc = PUT(b, ",\"request_id\":")) ||
         (rc = put_str(b, a[A_REQUEST_ID])) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, instance)) ||
