@@ -99,3 +99,28 @@ def test_paths_are_redacted_each_time_they_are_seen() -> None:
     assert redactor.latin1_text(raw) == "/v1/[REDACTED]/models"
     assert redactor.latin1_text(raw) == "/v1/[REDACTED]/models"  # from the cache
     assert redactor.latin1_text(b"/v1/models") == "/v1/models"
+
+
+def _stream(*pieces: str) -> Exchange:
+    ex = _exchange(1795898227.5)
+    events = [orjson.dumps({"choices": [{"delta": {"content": p}}]}) for p in pieces]
+    ex.chunks = [b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"]
+    ex.response_headers = [(b"content-type", b"text/event-stream")]
+    return ex
+
+
+def test_a_secret_streamed_in_pieces_is_not_kept_in_the_raw_events() -> None:
+    rec = orjson.loads(encode(_stream("your key: ", SECRET[:5], SECRET[5:12], SECRET[12:], " ok"), REDACTOR, "i", 1))
+    response = rec["response"]
+    assert response["stream"] is True
+    assert response["text"] == "your key: [REDACTED] ok"
+    assert response["body"] == "[REDACTED]"  # the events would spell the key
+    assert SECRET[5:12] not in orjson.dumps(rec).decode()
+
+
+def test_a_secret_in_one_event_keeps_the_raw_events_redacted() -> None:
+    rec = orjson.loads(encode(_stream("your key: ", SECRET, " ok"), REDACTOR, "i", 1))
+    response = rec["response"]
+    assert response["text"] == "your key: [REDACTED] ok"
+    assert response["body"].startswith("data: ") and "[REDACTED]" in response["body"]
+    assert SECRET not in response["body"]

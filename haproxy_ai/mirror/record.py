@@ -328,10 +328,13 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
     response_headers = redactor.headers(ex.response_headers)
     stream = response_headers.get("content-type", "").lower().startswith("text/event-stream")
     text = usage = None
+    split_secret = False
     if stream:
         text, usage = parse_sse(response_raw + b"".join(ex.tail) if ex.tail else response_raw)
         if text is not None:
-            text = redactor.text(text)
+            redacted = redactor.text(text)
+            split_secret = redacted != text  # checked against the raw events below
+            text = redacted
         if usage is not None:
             usage = redactor.json(usage)
     request_body = ex.request_body
@@ -339,6 +342,12 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
         _body(request_body, request_cap, redactor) if request_body else _NO_BODY
     )
     response_text, response_encoding, _ = _body(response_raw, len(response_raw), redactor)
+    if split_secret and response_text and response_encoding == "utf-8":
+        # Each event is redacted on its own: a secret the model streamed in pieces, too short to
+        # match one by one, would still be spelled by the raw events. Then they are not kept.
+        again, _ = parse_sse(response_text.encode("utf-8"))
+        if again is not None and redactor.text(again) != again:
+            response_text = redactor.replacement
     query = ex.query
     # Timestamps: microseconds into the cached second, then the two later ones from durations.
     at = int((wall - _second[0]) * 1_000_000 + 0.5)
