@@ -2,9 +2,10 @@
  *
  * encode() writes the same bytes as record.encode()'s Python path for an exchange that needs
  * no redaction work beyond cache lookups: every header field already in the Redactor's caches
- * (so its value was redacted by Python when first seen), path and bodies ASCII and free of every
- * pattern's required literal (so no pattern can match them), no query string, no error, not a
- * stream, nothing truncated, all three timestamps within the cached second. It redacts nothing
+ * (so its value was redacted by Python when first seen), an ASCII path, UTF-8 bodies, all free
+ * of every pattern's required literal (so no pattern can match them; see scan()), no query
+ * string, no error, not a stream, nothing truncated, all three timestamps within the cached
+ * second. It redacts nothing
  * itself. For anything else it returns None and the caller takes the Python path, which also
  * fills the caches. tests/test_mirror_native.py holds the two paths to the same bytes.
  */
