@@ -167,6 +167,30 @@ static PyObject *attr(PyObject *o, PyObject *name) { return PyObject_GetAttr(o, 
 
 static unsigned char LOWER[256], UPPER[256];
 
+/* The literals, indexed once per record for scan(): what each byte means (0 nothing, 1 some
+ * literal starts with it in either case, 2 look closer: NUL, non-ASCII, backslash), and the
+ * literals chained by first character (head, next). */
+typedef struct {
+    PyObject *literals; /* tuple of lowercase ASCII bytes */
+    unsigned char kind[256];
+    signed char head[256], next[MAX_LITERALS];
+} Scanner;
+
+static void scanner_init(Scanner *sc, PyObject *literals) {
+    sc->literals = literals;
+    memset(sc->kind, 0, 0x80);
+    memset(sc->kind + 0x80, 2, 0x80);
+    sc->kind[0] = 2;
+    sc->kind['\\'] = 2;
+    memset(sc->head, -1, sizeof sc->head);
+    for (Py_ssize_t k = PyTuple_GET_SIZE(literals) - 1; k >= 0; k--) {
+        unsigned char c = (unsigned char)PyBytes_AS_STRING(PyTuple_GET_ITEM(literals, k))[0];
+        sc->next[k] = sc->head[c];
+        sc->head[c] = (signed char)k;
+        if (c < 0x80 && sc->kind[c] != 2) sc->kind[c] = sc->kind[UPPER[c]] = 1;
+    }
+}
+
 /* FALLBACK when ``s[0:n]`` contains a literal in any case (the literals are lowercase: what
  * Redactor._may_match looks for in str.lower()), a NUL, or non-ASCII bytes unless ``utf8``
  * (bodies: then it must be valid UTF-8, as Python decodes it, and hold none of the four
@@ -174,30 +198,14 @@ static unsigned char LOWER[256], UPPER[256];
  * U+212A; any other non-ASCII character cannot be part of an ASCII literal either way). With
  * ``escapes``, also FALLBACK on a backslash-u (a body the Python path parses). One pass: a
  * literal is compared only where the text has its first character. */
-static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes, int utf8) {
-    /* What each byte means here: 0 nothing, 1 some literal starts with it (either case), 2 look
-     * closer (NUL, non-ASCII, backslash). head/next chain the literals by first character. */
-    unsigned char kind[256];
-    signed char head[256], next[MAX_LITERALS];
-    memset(kind, 0, 0x80);
-    memset(kind + 0x80, 2, 0x80);
-    kind[0] = 2;
-    if (escapes) kind['\\'] = 2;
-    memset(head, -1, sizeof head);
-    Py_ssize_t count = PyTuple_GET_SIZE(literals);
-    for (Py_ssize_t k = count - 1; k >= 0; k--) {
-        unsigned char c = (unsigned char)PyBytes_AS_STRING(PyTuple_GET_ITEM(literals, k))[0];
-        next[k] = head[c];
-        head[c] = (signed char)k;
-        if (c < 0x80 && kind[c] != 2) kind[c] = kind[UPPER[c]] = 1;
-    }
+static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int utf8) {
     int non_ascii = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (!kind[c]) continue;
-        if (kind[c] == 2) {
+        if (!sc->kind[c]) continue;
+        if (sc->kind[c] == 2) {
             if (c == '\\') {
-                if (i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+                if (escapes && i + 1 < n && s[i + 1] == 'u') return FALLBACK;
                 continue;
             }
             if (c == 0 || !utf8) return FALLBACK;
@@ -211,8 +219,8 @@ static int scan(const char *s, Py_ssize_t n, PyObject *literals, int escapes, in
             non_ascii = 1;
             continue;
         }
-        for (int k = head[LOWER[c]]; k >= 0; k = next[k]) {
-            PyObject *literal = PyTuple_GET_ITEM(literals, k);
+        for (int k = sc->head[LOWER[c]]; k >= 0; k = sc->next[k]) {
+            PyObject *literal = PyTuple_GET_ITEM(sc->literals, k);
             const unsigned char *l = (const unsigned char *)PyBytes_AS_STRING(literal);
             Py_ssize_t m = PyBytes_GET_SIZE(literal), j = 1;
             if (m > n - i) continue;
@@ -236,7 +244,7 @@ typedef struct {
     PyObject *fields;      /* dict: (raw name, raw value) -> (name, redacted value) */
     PyObject *listed;      /* dict: raw name of a listed header -> name */
     PyObject *replacement; /* str */
-    PyObject *literals;    /* tuple of lowercase ASCII bytes */
+    Scanner scanner;       /* the patterns' required literals */
 } Caches;
 
 /* A headers object from the caches. ``stream`` is set when content-type is an event stream. */
@@ -309,7 +317,7 @@ out:
 static int put_body(Buf *b, const char *s, Py_ssize_t n, long long total, const Caches *c) {
     int rc;
     if (n == 0) rc = PUT(b, "\"body\":null");
-    else if ((rc = scan(s, n, c->literals, 1, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
+    else if ((rc = scan(&c->scanner, s, n, 1, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
     if (rc) return rc;
     if ((rc = PUT(b, ",\"body_encoding\":\"utf-8\",\"bytes\":")) || (rc = put_int(b, total))) return rc;
     return PUT(b, ",\"body_truncated\":false");
@@ -439,7 +447,7 @@ static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance
 
     const char *path = PyBytes_AS_STRING(a[A_RAW_PATH]);
     Py_ssize_t path_len = PyBytes_GET_SIZE(a[A_RAW_PATH]);
-    if ((rc = scan(path, path_len, c->literals, 0, 0))) goto out; /* latin-1 in Python: ASCII only here */
+    if ((rc = scan(&c->scanner, path, path_len, 0, 0))) goto out; /* latin-1 in Python: ASCII only here */
 
     if ((rc = PUT(b, "{\"schema\":1,\"id\":")) || (rc = put_str(b, a[A_ID])) || (rc = PUT(b, ",\"request_id\":")) ||
         (rc = put_str(b, a[A_REQUEST_ID])) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, instance)) ||
@@ -501,21 +509,24 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
     PyObject *exchange = args[0], *second = args[1], *instance = args[2], *model = args[4];
     Py_ssize_t request_cap = PyLong_AsSsize_t(args[3]);
     if (request_cap == -1 && PyErr_Occurred()) return NULL;
-    Caches c = {args[5], args[6], args[7], args[8]};
-    if (!PyDict_CheckExact(c.fields) || !PyDict_CheckExact(c.listed) || !PyTuple_CheckExact(c.literals)) {
+    PyObject *literals = args[8];
+    if (!PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6]) || !PyTuple_CheckExact(literals)) {
         PyErr_SetString(PyExc_TypeError, "encode(): fields and listed must be dicts, literals a tuple");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(c.literals) > MAX_LITERALS) {
+    if (PyTuple_GET_SIZE(literals) > MAX_LITERALS) {
         PyErr_SetString(PyExc_ValueError, "encode(): too many literals");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(c.literals); i++) {
-        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(c.literals, i)) || PyBytes_GET_SIZE(PyTuple_GET_ITEM(c.literals, i)) == 0) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(literals); i++) {
+        PyObject *literal = PyTuple_GET_ITEM(literals, i);
+        if (!PyBytes_CheckExact(literal) || PyBytes_GET_SIZE(literal) == 0) {
             PyErr_SetString(PyExc_TypeError, "encode(): literals must be non-empty bytes");
             return NULL;
         }
     }
+    Caches c = {args[5], args[6], args[7], {0}};
+    scanner_init(&c.scanner, literals); /* once per record, for the path and both bodies */
     PyObject *a[A_COUNT] = {NULL};
     int rc = 0;
     for (int i = 0; i < A_COUNT; i++) {
