@@ -68,16 +68,21 @@ def _exchange(**over: Any) -> Exchange:
     return ex
 
 
+def _native(redactor: Redactor, cap: int = 1 << 20, instance: str = "node-a") -> Any:
+    encoder = record.RecordEncoder(redactor, instance, cap)
+    assert encoder._native is not None
+    return encoder._native
+
+
 def _paths(ex: Exchange, redactor: Redactor, cap: int = 1 << 20) -> tuple[bytes | None, bytes]:
     """(the C path's answer, the Python path's bytes) for the same exchange."""
     record.format_time(ex.received_wall)  # both paths see the same cached second
     python = record._ENCODER.encode(record.build(ex, redactor, "node-a", cap))  # fills the header caches
-    caches = redactor.native_caches
-    assert caches is not None
-    body = ex.request_body
-    model = record._model(body) if b'"model"' in body else None
-    native = record._native_encode(ex, record._second, "node-a", cap, model, *caches)
-    return native, python
+    native = _native(redactor, cap)
+    first = native.line(ex)  # header fields from the Redactor's caches, then kept as JSON text
+    again = native.line(ex)  # ... which this one reads
+    assert first == again
+    return first, python
 
 
 def test_the_common_record_is_encoded_in_c_exactly_as_in_python() -> None:
@@ -135,14 +140,12 @@ def test_utf8_bodies_take_the_c_path() -> None:
 def test_a_header_not_seen_before_goes_through_python_first() -> None:
     redactor = Redactor.from_settings(RedactSettings())
     ex = _exchange(request_headers=[(b"x-note", f"token {SECRET}".encode())])
-    caches = redactor.native_caches
-    assert caches is not None
-    assert record._native_encode(ex, record._second, "node-a", 1 << 20, "m1", *caches) is None
+    native = _native(redactor)
+    assert native.line(ex) is None
     line = record.encode(ex, redactor, "node-a", 1 << 20)  # the Python path: redacts and caches
     assert SECRET.encode() not in line
-    native = record._native_encode(_exchange(request_headers=ex.request_headers), record._second, "n", 1 << 20,
-                                   "m1", *caches)  # fmt: skip
-    assert native is not None and SECRET.encode() not in native
+    again = native.line(_exchange(request_headers=ex.request_headers))
+    assert again is not None and SECRET.encode() not in again
 
 
 def test_no_c_path_when_a_pattern_has_no_literal_or_body_fields_are_set() -> None:
@@ -157,9 +160,7 @@ def test_a_record_outside_the_cached_second_goes_through_python() -> None:
     record.format_time(ex.received_wall - 5)  # the cache holds an older second
     record.build(ex, redactor, "node-a", 1 << 20)  # warm the header caches (moves the second)
     record.format_time(ex.received_wall - 5)
-    caches = redactor.native_caches
-    assert caches is not None
-    assert record._native_encode(ex, record._second, "node-a", 1 << 20, "m1", *caches) is None
+    assert _native(redactor).line(ex) is None
 
 
 text = (
@@ -195,7 +196,62 @@ def test_c_and_python_paths_agree_on_any_record(**case: Any) -> None:
 
 def test_an_exchange_the_c_path_cannot_read_goes_through_python() -> None:
     redactor = Redactor.from_settings(RedactSettings())
-    caches = redactor.native_caches
-    assert caches is not None
-    odd = SimpleNamespace(id="x")  # no other attribute
-    assert record._native_encode(odd, record._second, "node-a", 1 << 20, None, *caches) is None
+    odd = SimpleNamespace(id="x", received_wall=WALL)  # no other attribute
+    assert _native(redactor).line(odd) is None
+
+
+@pytest.mark.parametrize("literal", [b"sk-", b"BEARER", b"aKiA", b"hf_", b"ghp_", b"AIza"])
+def test_a_literal_is_found_at_any_offset(literal: bytes) -> None:
+    # The pre-scan reads sixteen bytes at a time and the rest one by one: a literal starting in
+    # any lane, across a block's edge or in the tail must send the record to Python.
+    redactor = Redactor.from_settings(RedactSettings())
+    for offset in range(0, 50):
+        body = b'{"t": "' + b"x" * offset + literal + b'yz"}'
+        native, python = _paths(_exchange(chunks=[body]), redactor)
+        assert native is None, (literal, offset)
+        near = body.replace(literal, literal[:-1] + b" " + literal[-1:])  # split: no literal
+        native, python = _paths(_exchange(chunks=[near]), redactor)
+        assert native == python, (literal, offset)
+
+
+def test_a_batch_keeps_order_and_hands_the_rest_to_python() -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    encoder = record.RecordEncoder(redactor, "node-a", 1 << 20)
+    common = [_exchange() for _ in range(3)]
+    secret = _exchange(request_body=f'{{"prompt": "{SECRET}"}}'.encode())
+    batch = [common[0], secret, common[1], common[2]]
+    for i, ex in enumerate(batch):
+        ex.id = f"{i:032x}"
+    offset = WALL - 500.0
+    record.format_time(WALL)
+    lines: list[bytes] = []
+    change = encoder.batch(batch, lines, offset)
+    assert [orjson.loads(line)["id"] for line in lines] == [ex.id for ex in batch]
+    assert SECRET.encode() not in b"".join(lines)
+    assert change == sum(map(len, lines)) - sum(len(ex.request_body) + ex.kept for ex in batch)
+    for ex, line in zip(batch, lines, strict=True):
+        ex.received_wall = ex.received + offset
+        assert line == record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20))
+
+
+def test_a_record_the_python_path_cannot_encode_is_dropped_and_reported() -> None:
+    failures: list[int] = []
+    encoder = record.RecordEncoder(
+        Redactor.from_settings(RedactSettings()), "node-a", 1 << 20, lambda: failures.append(1)
+    )
+    broken = _exchange()
+    broken.chunks = [None]  # type: ignore[list-item]  # neither path can write it
+    lines: list[bytes] = []
+    encoder.batch([_exchange(), broken, _exchange()], lines, WALL - 500.0)
+    assert len(lines) == 2 and failures == [1]
+
+
+def test_header_fields_beyond_the_table_bound_are_still_right() -> None:
+    # Unique values (dates, ids) would fill the table: it is cleared like the Redactor's caches.
+    redactor = Redactor.from_settings(RedactSettings())
+    native = _native(redactor)
+    record.format_time(WALL)
+    for i in range(4200):
+        ex = _exchange(request_headers=[(b"host", b"proxy"), (b"x-trace", b"%d" % i)])
+        python = record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20))
+        assert native.line(ex) == python

@@ -1,13 +1,13 @@
 /* The mirror record encoder's common case, in C (optional: record.py works without it).
  *
- * encode() writes the same bytes as record.encode()'s Python path for an exchange that needs
- * no redaction work beyond cache lookups: every header field already in the Redactor's caches
- * (so its value was redacted by Python when first seen), an ASCII path, UTF-8 bodies, all free
- * of every pattern's required literal (so no pattern can match them; see scan()), no query
+ * An Encoder writes the same bytes as record.py's Python path for an exchange that needs no
+ * redaction work beyond cache lookups: every header field already known (redacted by Python
+ * when first seen, then kept here as its finished JSON text), an ASCII path, UTF-8 bodies, all
+ * free of every pattern's required literal (so no pattern can match them; see scan()), no query
  * string, no error, not a stream, nothing truncated, all three timestamps within the cached
- * second. It redacts nothing
- * itself. For anything else it returns None and the caller takes the Python path, which also
- * fills the caches. tests/test_mirror_native.py holds the two paths to the same bytes.
+ * second. It redacts nothing itself. For anything else it hands the exchange to the Python path
+ * (``fallback``), which also fills the caches. tests/test_mirror_native.py holds the two paths
+ * to the same bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <strings.h>
 
-#define FALLBACK 1 /* "not the common case": return None, no exception */
+#define FALLBACK 1 /* "not the common case": the Python path encodes it, no exception */
 #define MAX_FIELDS 64
 #define MAX_LITERALS 64 /* more: Redactor.native_caches is None */
 
@@ -25,8 +25,7 @@ typedef struct {
     Py_ssize_t len, cap;
 } Buf;
 
-static int grow(Buf *b, Py_ssize_t need) {
-    if (b->len + need <= b->cap) return 0;
+static int grow_slow(Buf *b, Py_ssize_t need) {
     Py_ssize_t cap = b->cap * 2;
     if (cap < b->len + need) cap = b->len + need + 256;
     char *data = PyMem_Realloc(b->data, cap);
@@ -39,7 +38,10 @@ static int grow(Buf *b, Py_ssize_t need) {
     return 0;
 }
 
-static int put(Buf *b, const char *s, Py_ssize_t n) {
+static inline int grow(Buf *b, Py_ssize_t need) { return b->len + need <= b->cap ? 0 : grow_slow(b, need); }
+
+/* Inline: with a constant n (PUT), the copy is a few moves. */
+static inline int put(Buf *b, const char *s, Py_ssize_t n) {
     if (grow(b, n)) return -1;
     memcpy(b->data + b->len, s, n);
     b->len += n;
@@ -54,57 +56,67 @@ static const char HEX[] = "0123456789abcdef";
 /* Bytes a JSON string must escape: control characters, '"' and backslash. */
 static unsigned char ESCAPE[256];
 
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define WORDWISE 1
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
-/* Whether any of the eight bytes at p is < 0x20, '"' or backslash. Exact when none is (a flagged
- * block is then looked at byte by byte, so a false positive only costs time). */
-static inline int needs_escape(const char *p) {
-    uint64_t x;
-    memcpy(&x, p, 8);
+/* The high bit of each of the eight bytes at p that is < 0x20, '"' or backslash -- and maybe of
+ * some bytes after the first such one (borrows), never before it: the lowest bit set is exact. */
+static inline uint64_t escape_mask(uint64_t x) {
     uint64_t quote = x ^ (ONES * '"'), backslash = x ^ (ONES * '\\');
-    return ((((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((backslash - ONES) & ~backslash)) & HIGHS) != 0;
+    return (((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((backslash - ONES) & ~backslash)) & HIGHS;
+}
+#endif
+
+static inline char *escape_byte(char *o, unsigned char c) {
+    *o++ = '\\';
+    switch (c) {
+    case '"': *o++ = '"'; break;
+    case '\\': *o++ = '\\'; break;
+    case '\b': *o++ = 'b'; break;
+    case '\f': *o++ = 'f'; break;
+    case '\n': *o++ = 'n'; break;
+    case '\r': *o++ = 'r'; break;
+    case '\t': *o++ = 't'; break;
+    default:
+        *o++ = 'u';
+        *o++ = '0';
+        *o++ = '0';
+        *o++ = HEX[c >> 4];
+        *o++ = HEX[c & 15];
+    }
+    return o;
 }
 
 /* A JSON string of UTF-8 bytes, escaped as msgspec escapes it. */
 static int put_string_utf8(Buf *b, const char *s, Py_ssize_t n) {
-    if (grow(b, n * 6 + 2)) return -1;
+    if (grow(b, n * 6 + 2 + 8)) return -1; /* + 8: the word copy below writes ahead */
     char *o = b->data + b->len;
     *o++ = '"';
-    Py_ssize_t run = 0; /* start of the bytes not yet copied */
     Py_ssize_t i = 0;
-    while (i < n) {
-        /* Eight bytes at a time while none of them needs escaping (most of any text); a block
-         * that does is gone through byte by byte. */
-        if (i + 8 <= n && !needs_escape(s + i)) {
+#ifdef WORDWISE
+    /* Eight bytes at a time, copied before they are looked at: up to the first one that needs
+     * escaping, the copy stands. */
+    while (i + 8 <= n) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        memcpy(o, &x, 8);
+        uint64_t mask = escape_mask(x);
+        if (!mask) {
             i += 8;
+            o += 8;
             continue;
         }
-        for (Py_ssize_t end = i + 8 < n ? i + 8 : n; i < end; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (!ESCAPE[c]) continue;
-            memcpy(o, s + run, i - run);
-            o += i - run;
-            run = i + 1;
-            *o++ = '\\';
-            switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\f': *o++ = 'f'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\r': *o++ = 'r'; break;
-            case '\t': *o++ = 't'; break;
-            default:
-                *o++ = 'u';
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = HEX[c >> 4];
-                *o++ = HEX[c & 15];
-            }
-        }
+        int clean = __builtin_ctzll(mask) >> 3;
+        i += clean;
+        o = escape_byte(o + clean, (unsigned char)s[i++]);
     }
-    memcpy(o, s + run, n - run);
-    o += n - run;
+#endif
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (ESCAPE[c]) o = escape_byte(o, c);
+        else *o++ = (char)c;
+    }
     *o++ = '"';
     b->len = o - b->data;
     return 0;
@@ -162,18 +174,25 @@ static int put_ms(Buf *b, long long micros) {
     return put(b, start, n);
 }
 
-/* An attribute that must exist; NULL with the exception set otherwise. */
-static PyObject *attr(PyObject *o, PyObject *name) { return PyObject_GetAttr(o, name); }
-
 static unsigned char LOWER[256], UPPER[256];
 
-/* The literals, indexed once per record for scan(): what each byte means (0 nothing, 1 some
- * literal starts with it in either case, 2 look closer: NUL, non-ASCII, backslash), and the
- * literals chained by first character (head, next). */
+/* The patterns' required literals, indexed once per Encoder for scan(): what each byte means
+ * (0 nothing, 1 a one-character literal in either case, 2 look closer: NUL, non-ASCII,
+ * backslash), which lowercase pairs begin a longer literal (a 64K-bit set, and a short list for
+ * the vector pass), and the literals chained by first character (head, next). */
+#define VECTOR_PAIRS 8
+#ifdef WORDWISE
+typedef signed char v16 __attribute__((vector_size(16)));
+#endif
 typedef struct {
     PyObject *literals; /* tuple of lowercase ASCII bytes */
     unsigned char kind[256];
     signed char head[256], next[MAX_LITERALS];
+    uint64_t pairs[65536 / 64];
+    int vector_pairs;                  /* -1: too many, or one-character literals: bytewise only */
+#ifdef WORDWISE
+    v16 first[VECTOR_PAIRS], second[VECTOR_PAIRS]; /* the pairs, ORed with 0x20, in every lane */
+#endif
 } Scanner;
 
 static void scanner_init(Scanner *sc, PyObject *literals) {
@@ -183,31 +202,43 @@ static void scanner_init(Scanner *sc, PyObject *literals) {
     sc->kind[0] = 2;
     sc->kind['\\'] = 2;
     memset(sc->head, -1, sizeof sc->head);
+    memset(sc->pairs, 0, sizeof sc->pairs);
+    sc->vector_pairs = 0;
     for (Py_ssize_t k = PyTuple_GET_SIZE(literals) - 1; k >= 0; k--) {
-        unsigned char c = (unsigned char)PyBytes_AS_STRING(PyTuple_GET_ITEM(literals, k))[0];
+        PyObject *literal = PyTuple_GET_ITEM(literals, k);
+        const unsigned char *l = (const unsigned char *)PyBytes_AS_STRING(literal);
+        unsigned char c = l[0];
         sc->next[k] = sc->head[c];
         sc->head[c] = (signed char)k;
-        if (c < 0x80 && sc->kind[c] != 2) sc->kind[c] = sc->kind[UPPER[c]] = 1;
+        if (PyBytes_GET_SIZE(literal) == 1) {
+            if (c < 0x80 && sc->kind[c] != 2) sc->kind[c] = sc->kind[UPPER[c]] = 1;
+            sc->vector_pairs = -1;
+            continue;
+        }
+        unsigned pair = (unsigned)c << 8 | l[1];
+        if (sc->pairs[pair >> 6] >> (pair & 63) & 1) continue; /* a pair already listed */
+        sc->pairs[pair >> 6] |= 1ULL << (pair & 63);
+        if (sc->vector_pairs >= 0 && sc->vector_pairs < VECTOR_PAIRS) {
+#ifdef WORDWISE
+            for (int lane = 0; lane < 16; lane++) {
+                sc->first[sc->vector_pairs][lane] = (signed char)(c | 0x20);
+                sc->second[sc->vector_pairs][lane] = (signed char)(l[1] | 0x20);
+            }
+#endif
+            sc->vector_pairs++;
+        } else
+            sc->vector_pairs = -1;
     }
 }
 
-/* FALLBACK when ``s[0:n]`` contains a literal in any case (the literals are lowercase: what
- * Redactor._may_match looks for in str.lower()), a NUL, or non-ASCII bytes unless ``utf8``
- * (bodies: then it must be valid UTF-8, as Python decodes it, and hold none of the four
- * characters a case-insensitive pattern matches as an ASCII letter: U+0130, U+0131, U+017F,
- * U+212A; any other non-ASCII character cannot be part of an ASCII literal either way). With
- * ``escapes``, also FALLBACK on a backslash-u (a body the Python path parses). One pass: a
- * literal is compared only where the text has its first character. */
-static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int utf8) {
-    int non_ascii = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!sc->kind[c]) continue;
-        if (sc->kind[c] == 2) {
-            if (c == '\\') {
-                if (escapes && i + 1 < n && s[i + 1] == 'u') return FALLBACK;
-                continue;
-            }
+/* scan() at s[i]: FALLBACK, 2 for a non-ASCII byte (fine so far), else 0. */
+static inline int scan_at(const Scanner *sc, const char *s, Py_ssize_t n, Py_ssize_t i, int escapes, int utf8) {
+    unsigned char c = (unsigned char)s[i];
+    if (sc->kind[c]) {
+        if (sc->kind[c] == 1) return FALLBACK;
+        if (c == '\\') {
+            if (escapes && i + 1 < n && s[i + 1] == 'u') return FALLBACK;
+        } else {
             if (c == 0 || !utf8) return FALLBACK;
             /* U+0130, U+0131, U+017F: letters a case-insensitive pattern matches as i, i, s */
             if ((c == 0xC4 || c == 0xC5) && i + 1 < n) {
@@ -216,17 +247,61 @@ static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int
             }
             if (c == 0xE2 && i + 2 < n && (unsigned char)s[i + 1] == 0x84 && (unsigned char)s[i + 2] == 0xAA)
                 return FALLBACK; /* U+212A */
-            non_ascii = 1;
-            continue;
+            return 2;
         }
-        for (int k = sc->head[LOWER[c]]; k >= 0; k = sc->next[k]) {
-            PyObject *literal = PyTuple_GET_ITEM(sc->literals, k);
-            const unsigned char *l = (const unsigned char *)PyBytes_AS_STRING(literal);
-            Py_ssize_t m = PyBytes_GET_SIZE(literal), j = 1;
-            if (m > n - i) continue;
-            while (j < m && LOWER[(unsigned char)s[i + j]] == l[j]) j++;
-            if (j == m) return FALLBACK;
+    }
+    if (i + 1 == n) return 0;
+    unsigned pair = (unsigned)LOWER[c] << 8 | LOWER[(unsigned char)s[i + 1]];
+    if (!(sc->pairs[pair >> 6] >> (pair & 63) & 1)) return 0;
+    for (int k = sc->head[LOWER[c]]; k >= 0; k = sc->next[k]) {
+        PyObject *literal = PyTuple_GET_ITEM(sc->literals, k);
+        const unsigned char *l = (const unsigned char *)PyBytes_AS_STRING(literal);
+        Py_ssize_t m = PyBytes_GET_SIZE(literal), j = 1;
+        if (m > n - i) continue;
+        while (j < m && LOWER[(unsigned char)s[i + j]] == l[j]) j++;
+        if (j == m) return FALLBACK;
+    }
+    return 0;
+}
+
+/* FALLBACK when ``s[0:n]`` contains a literal in any case (the literals are lowercase: what
+ * Redactor._may_match looks for in str.lower()), a NUL, or non-ASCII bytes unless ``utf8``
+ * (bodies: then it must be valid UTF-8, as Python decodes it, and hold none of the four
+ * characters a case-insensitive pattern matches as an ASCII letter: U+0130, U+0131, U+017F,
+ * U+212A; any other non-ASCII character cannot be part of an ASCII literal either way). With
+ * ``escapes``, also FALLBACK on a backslash-u (a body the Python path parses). One pass, sixteen
+ * bytes at a time where it can: only the bytes that could begin a literal's first two
+ * characters (either case; a superset) or need a closer look are looked at one by one. */
+static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int utf8) {
+    int non_ascii = 0, rc;
+    Py_ssize_t i = 0;
+#ifdef WORDWISE
+    if (sc->vector_pairs >= 0) {
+        int pairs = sc->vector_pairs;
+        for (; i + 17 <= n; i += 16) {
+            v16 x, y;
+            memcpy(&x, s + i, 16);
+            memcpy(&y, s + i + 1, 16);
+            v16 lx = x | 0x20, ly = y | 0x20;
+            v16 look = (x < 0) | (x == 0) | (x == '\\'); /* non-ASCII, NUL, backslash */
+            for (int k = 0; k < pairs; k++) look |= (lx == sc->first[k]) & (ly == sc->second[k]);
+            uint64_t half[2];
+            memcpy(half, &look, 16);
+            for (int h = 0; h < 2; h++) {
+                while (half[h]) {
+                    Py_ssize_t at = i + h * 8 + (__builtin_ctzll(half[h]) >> 3);
+                    half[h] &= half[h] - 1; /* the lowest set bit goes; its byte's other bits too: */
+                    half[h] &= ~(0xFFULL << (((at - i) & 7) * 8));
+                    if ((rc = scan_at(sc, s, n, at, escapes, utf8)) == FALLBACK) return FALLBACK;
+                    if (rc == 2) non_ascii = 1;
+                }
+            }
         }
+    }
+#endif
+    for (; i < n; i++) {
+        if ((rc = scan_at(sc, s, n, i, escapes, utf8)) == FALLBACK) return FALLBACK;
+        if (rc == 2) non_ascii = 1;
     }
     if (non_ascii) { /* exactly the text Python's strict UTF-8 decoder accepts */
         PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
@@ -240,72 +315,264 @@ static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int
     return 0;
 }
 
+/* Header fields as finished JSON text (``"name":"redacted value"``), keyed by the raw bytes of
+ * the field: after the first sighting, a field costs a hash of its bytes, one compare and a
+ * copy. Filled from the Redactor's own caches (so only what Python redacted and cached), bounded
+ * like them (cleared when full), and probed a bounded number of slots with a per-process seed,
+ * so crafted fields can slow a lookup by a few compares at most (a miss goes the Python way). */
 typedef struct {
-    PyObject *fields;      /* dict: (raw name, raw value) -> (name, redacted value) */
-    PyObject *listed;      /* dict: raw name of a listed header -> name */
-    PyObject *replacement; /* str */
-    Scanner scanner;       /* the patterns' required literals */
-} Caches;
+    uint64_t hash;      /* 0: an empty slot */
+    uint64_t name_hash; /* of the JSON name: a repeated header makes the record the Python path's */
+    char *key;          /* raw name, then raw value (a listed header's key: its raw name alone) */
+    char *text;         /* the JSON member */
+    uint32_t name_len, value_len, text_len;
+    unsigned char listed, stream;
+} Field;
 
-/* A headers object from the caches. ``stream`` is set when content-type is an event stream. */
-static int put_headers(Buf *b, PyObject *pairs, const Caches *c, int *stream) {
+#define SLOTS 8192  /* a power of two */
+#define MAX_KEPT 4096 /* fields kept before the table is cleared */
+#define PROBES 8
+
+typedef struct {
+    Field *slots; /* NULL until the first field */
+    Py_ssize_t count;
+    uint64_t seed;
+} Table;
+
+static inline uint64_t hash_bytes(uint64_t h, const char *s, Py_ssize_t n) {
+    const uint64_t k = 0x9E3779B97F4A7C15ULL;
+    h = (h ^ (uint64_t)n) * k;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
+    }
+    return h;
+}
+
+static inline uint64_t finish_hash(uint64_t h) {
+    h ^= h >> 32;
+    h *= 0xD6E8FEB86659FD93ULL;
+    h ^= h >> 32;
+    return h | 1; /* never 0, the empty slot */
+}
+
+static void table_clear(Table *t) {
+    if (t->slots == NULL) return;
+    for (Py_ssize_t i = 0; i < SLOTS; i++) {
+        if (t->slots[i].hash) PyMem_Free(t->slots[i].key);
+    }
+    memset(t->slots, 0, SLOTS * sizeof(Field));
+    t->count = 0;
+}
+
+/* The field with this key, or NULL; ``*free_slot`` is where it could go (NULL: nowhere near). */
+static Field *table_find(Table *t, uint64_t hash, int listed, const char *name, Py_ssize_t name_len, const char *value,
+                         Py_ssize_t value_len, Field **free_slot) {
+    *free_slot = NULL;
+    if (t->slots == NULL) return NULL;
+    for (int p = 0; p < PROBES; p++) {
+        Field *f = &t->slots[(hash + (uint64_t)p) & (SLOTS - 1)];
+        if (!f->hash) {
+            *free_slot = f;
+            return NULL;
+        }
+        if (f->hash == hash && f->listed == listed && f->name_len == name_len && f->value_len == value_len &&
+            memcmp(f->key, name, (size_t)name_len) == 0 &&
+            (value_len == 0 || memcmp(f->key + name_len, value, (size_t)value_len) == 0))
+            return f;
+    }
+    return NULL;
+}
+
+/* A new field in ``slot`` (from table_find); its text is copied. NULL only when out of memory. */
+static Field *table_add(Table *t, Field *slot, uint64_t hash, int listed, const char *name, Py_ssize_t name_len,
+                        const char *value, Py_ssize_t value_len, const char *text, Py_ssize_t text_len,
+                        Py_ssize_t json_name_len, int stream) {
+    char *key = PyMem_Malloc((size_t)(name_len + value_len + text_len) + 1);
+    if (key == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(key, name, (size_t)name_len);
+    memcpy(key + name_len, value, (size_t)value_len);
+    memcpy(key + name_len + value_len, text, (size_t)text_len);
+    slot->hash = hash;
+    slot->name_hash = finish_hash(hash_bytes(t->seed ^ 0x5bd1e995ULL, text, json_name_len));
+    slot->key = key;
+    slot->text = key + name_len + value_len;
+    slot->name_len = (uint32_t)name_len;
+    slot->value_len = (uint32_t)value_len;
+    slot->text_len = (uint32_t)text_len;
+    slot->listed = (unsigned char)listed;
+    slot->stream = (unsigned char)stream;
+    t->count++;
+    return slot;
+}
+
+/* The cached second: [its start in epoch seconds (float), "YYYY-MM-DDTHH:MM:SS." (str)]. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fields;      /* dict: (raw name, raw value) -> (name, redacted value), Redactor's */
+    PyObject *listed;      /* dict: raw name of a listed header -> name, Redactor's */
+    PyObject *replacement; /* str */
+    PyObject *literals;    /* tuple of bytes */
+    PyObject *instance;    /* str */
+    PyObject *second;      /* list, record._second */
+    PyObject *model_of;    /* callable: request body -> model or None */
+    Py_ssize_t request_cap;
+    Scanner scanner;
+    Table table;
+    Buf out, request_headers, response_headers, joined; /* reused from record to record */
+} Encoder;
+
+#define NAME_SEED 0x5bd1e995ULL
+#define LISTED_SEED 0xC2B2AE3D27D4EB4FULL
+
+/* ``"name":"value"`` of a field as Python's caches have it (value: the redacted value, or the
+ * replacement for a listed header). */
+static int render_field(Buf *b, PyObject *name, PyObject *value, Py_ssize_t *json_name_len, int *stream) {
+    int rc;
+    Py_ssize_t start = b->len;
+    if ((rc = put_str(b, name))) return rc;
+    *json_name_len = b->len - start;
+    if ((rc = PUT(b, ":")) || (rc = put_str(b, value))) return rc;
+    *stream = 0;
+    if (PyUnicode_CompareWithASCIIString(name, "content-type") == 0) {
+        Py_ssize_t n;
+        const char *v = PyUnicode_AsUTF8AndSize(value, &n);
+        if (v == NULL) {
+            PyErr_Clear();
+            return FALLBACK;
+        }
+        *stream = n >= 17 && strncasecmp(v, "text/event-stream", 17) == 0;
+    }
+    return 0;
+}
+
+/* One header field's JSON member. FALLBACK for a field Python has not seen (it decodes, redacts
+ * and caches it) or one this code does not read. ``name_hash`` identifies its name; ``stream``
+ * is set for an event stream's content-type. */
+static int put_field(Encoder *e, Buf *b, PyObject *pair, uint64_t *name_hash, int *stream) {
+    PyObject *raw_name = PyTuple_GET_ITEM(pair, 0), *raw_value = PyTuple_GET_ITEM(pair, 1);
+    Table *t = &e->table;
+    int cacheable = PyBytes_CheckExact(raw_name) && PyBytes_CheckExact(raw_value) &&
+                    PyBytes_GET_SIZE(raw_name) < (1 << 24) && PyBytes_GET_SIZE(raw_value) < (1 << 24);
+    const char *name = NULL, *value = NULL;
+    Py_ssize_t name_len = 0, value_len = 0;
+    uint64_t hash = 0, listed_hash = 0;
+    Field *slot = NULL, *listed_slot = NULL;
+    if (cacheable) {
+        name = PyBytes_AS_STRING(raw_name);
+        name_len = PyBytes_GET_SIZE(raw_name);
+        value = PyBytes_AS_STRING(raw_value);
+        value_len = PyBytes_GET_SIZE(raw_value);
+        hash = finish_hash(hash_bytes(hash_bytes(t->seed, name, name_len), value, value_len));
+        Field *f = table_find(t, hash, 0, name, name_len, value, value_len, &slot);
+        if (f == NULL) {
+            listed_hash = finish_hash(hash_bytes(t->seed ^ LISTED_SEED, name, name_len));
+            f = table_find(t, listed_hash, 1, name, name_len, NULL, 0, &listed_slot);
+        }
+        if (f != NULL) {
+            *name_hash = f->name_hash;
+            *stream |= f->stream;
+            return put(b, f->text, f->text_len);
+        }
+    } else {
+        /* Exact bytes or str only: hashing and comparing them runs no Python code, so the
+         * borrowed references below stay valid. */
+        for (int k = 0; k < 2; k++) {
+            PyObject *item = PyTuple_GET_ITEM(pair, k);
+            if (!PyBytes_CheckExact(item) && !PyUnicode_CheckExact(item)) return FALLBACK;
+        }
+    }
+    /* Not known here yet: Python's caches. */
+    PyObject *field_name, *field_value;
+    int listed = 0;
+    PyObject *field = PyDict_GetItemWithError(e->fields, pair);
+    if (field != NULL) {
+        if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2) return FALLBACK;
+        field_name = PyTuple_GET_ITEM(field, 0);
+        field_value = PyTuple_GET_ITEM(field, 1);
+    } else {
+        if (PyErr_Occurred()) { /* an unhashable field */
+            PyErr_Clear();
+            return FALLBACK;
+        }
+        field_name = PyDict_GetItemWithError(e->listed, raw_name);
+        if (field_name == NULL) {
+            PyErr_Clear();
+            return FALLBACK; /* not seen yet: the Python path decodes, redacts and caches it */
+        }
+        field_value = e->replacement;
+        listed = 1;
+    }
+    if (!PyUnicode_Check(field_name) || !PyUnicode_Check(field_value)) return FALLBACK;
+    Buf text = {NULL, 0, 0};
+    Py_ssize_t json_name_len = 0;
+    int is_stream = 0, rc = render_field(&text, field_name, field_value, &json_name_len, &is_stream);
+    if (rc == 0) {
+        *name_hash = finish_hash(hash_bytes(t->seed ^ NAME_SEED, text.data, json_name_len));
+        *stream |= is_stream;
+        rc = put(b, text.data, text.len);
+    }
+    if (rc == 0 && cacheable) {
+        if (t->slots == NULL || t->count >= MAX_KEPT) {
+            if (t->slots == NULL) {
+                t->slots = PyMem_Calloc(SLOTS, sizeof(Field));
+                if (t->slots == NULL) rc = -1;
+            } else
+                table_clear(t);
+            slot = listed_slot = NULL;
+        }
+        Field *to = listed ? listed_slot : slot;
+        uint64_t key_hash = listed ? listed_hash : hash;
+        if (rc == 0 && to == NULL) table_find(t, key_hash, listed, name, name_len, value, listed ? 0 : value_len, &to);
+        if (rc == 0 && to != NULL &&
+            table_add(t, to, key_hash, listed, name, name_len, value, listed ? 0 : value_len, text.data, text.len,
+                      json_name_len, is_stream) == NULL)
+            rc = -1;
+        if (rc < 0) {
+            PyErr_Clear(); /* no room to remember it: the record is still right */
+            rc = 0;
+        }
+    }
+    PyMem_Free(text.data);
+    return rc;
+}
+
+/* A headers object. ``stream`` is set when content-type is an event stream. */
+static int put_headers(Encoder *e, Buf *b, PyObject *pairs, int *stream) {
     PyObject *seq = PySequence_Fast(pairs, "headers");
     if (seq == NULL) {
         PyErr_Clear();
         return FALLBACK;
     }
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject *names[MAX_FIELDS];
+    uint64_t names[MAX_FIELDS];
     int rc = FALLBACK;
     if (count > MAX_FIELDS) goto out;
     if ((rc = PUT(b, "{"))) goto out;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *name, *value;
         rc = FALLBACK;
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) goto out;
-        /* Exact bytes or str only: hashing and comparing them runs no Python code, so the borrowed
-         * references below stay valid. */
-        for (int k = 0; k < 2; k++) {
-            PyObject *item = PyTuple_GET_ITEM(pair, k);
-            if (!PyBytes_CheckExact(item) && !PyUnicode_CheckExact(item)) goto out;
-        }
-        PyObject *field = PyDict_GetItemWithError(c->fields, pair);
-        if (field != NULL) {
-            if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2) goto out;
-            name = PyTuple_GET_ITEM(field, 0);
-            value = PyTuple_GET_ITEM(field, 1);
-        } else {
-            if (PyErr_Occurred()) { /* an unhashable field */
-                PyErr_Clear();
-                goto out;
-            }
-            name = PyDict_GetItemWithError(c->listed, PyTuple_GET_ITEM(pair, 0));
-            if (name == NULL) {
-                PyErr_Clear();
-                goto out; /* not seen yet: the Python path decodes, redacts and caches it */
-            }
-            value = c->replacement;
-        }
-        for (Py_ssize_t j = 0; j < i; j++) { /* a repeated name: Python joins the values */
-            int equal = PyObject_RichCompareBool(names[j], name, Py_EQ);
-            if (equal != 0) {
-                if (equal < 0) PyErr_Clear();
+        if ((i && (rc = PUT(b, ","))) || (rc = put_field(e, b, pair, &names[i], stream))) goto out;
+        for (Py_ssize_t j = 0; j < i; j++) {
+            if (names[j] == names[i]) { /* a repeated name: Python joins the values */
+                rc = FALLBACK;
                 goto out;
             }
         }
-        names[i] = name;
-        if (stream != NULL && PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "content-type") == 0) {
-            Py_ssize_t n;
-            const char *v = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, &n) : NULL;
-            if (v == NULL) {
-                PyErr_Clear();
-                goto out;
-            }
-            if (n >= 17 && strncasecmp(v, "text/event-stream", 17) == 0) *stream = 1;
-        }
-        if (i && (rc = PUT(b, ","))) goto out;
-        if ((rc = put_str(b, name)) || (rc = PUT(b, ":")) || (rc = put_str(b, value))) goto out;
     }
     rc = PUT(b, "}");
 out:
@@ -314,10 +581,10 @@ out:
 }
 
 /* ``"body":...,"body_encoding":"utf-8","bytes":N,"body_truncated":false`` for a whole body. */
-static int put_body(Buf *b, const char *s, Py_ssize_t n, long long total, const Caches *c) {
+static int put_body(Encoder *e, Buf *b, const char *s, Py_ssize_t n, long long total) {
     int rc;
     if (n == 0) rc = PUT(b, "\"body\":null");
-    else if ((rc = scan(&c->scanner, s, n, 1, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
+    else if ((rc = scan(&e->scanner, s, n, 1, 1)) == 0 && (rc = PUT(b, "\"body\":")) == 0) rc = put_string_utf8(b, s, n);
     if (rc) return rc;
     if ((rc = PUT(b, ",\"body_encoding\":\"utf-8\",\"bytes\":")) || (rc = put_int(b, total))) return rc;
     return PUT(b, ",\"body_truncated\":false");
@@ -326,12 +593,12 @@ static int put_body(Buf *b, const char *s, Py_ssize_t n, long long total, const 
 /* Microseconds of ``at - start`` rounded as record.py rounds durations (int(x * 1e6 + 0.5)). */
 static long long micros_between(double at, double start) { return (long long)((at - start) * 1000000.0 + 0.5); }
 
-static int put_stamp(Buf *b, PyObject *prefix, long long micros) {
+static int put_stamp(Buf *b, const char *prefix, Py_ssize_t prefix_len, long long micros) {
     char tmp[8] = {(char)('0' + micros / 100000), (char)('0' + micros / 10000 % 10), (char)('0' + micros / 1000 % 10),
                    (char)('0' + micros / 100 % 10),    (char)('0' + micros / 10 % 10),    (char)('0' + micros % 10),
                    'Z',                                '"'};
     int rc;
-    if ((rc = PUT(b, "\"")) || (rc = put(b, PyUnicode_AsUTF8(prefix), PyUnicode_GET_LENGTH(prefix)))) return rc;
+    if ((rc = PUT(b, "\"")) || (rc = put(b, prefix, prefix_len))) return rc;
     return put(b, tmp, 8);
 }
 
@@ -348,10 +615,11 @@ static int put_offset(Buf *b, PyObject *value, double start) {
     return put_ms(b, (long long)floor((x - start) * 1000000.0 + 0.5));
 }
 
-static PyObject *S_backend, *S_name, *S_outcome, *S_value, *S_status, *S_started, *S_headers_at, *S_ended;
+static PyObject *S_backend, *S_name, *S_outcome, *S_value, *S_status, *S_started, *S_headers_at, *S_ended,
+    *S_received_wall;
 
 enum {
-    A_ID, A_REQUEST_ID, A_RECEIVED_WALL, A_RECEIVED, A_FIRST_BYTE, A_DONE, A_CLIENT, A_METHOD, A_RAW_PATH, A_QUERY,
+    A_ID, A_REQUEST_ID, A_RECEIVED, A_FIRST_BYTE, A_DONE, A_CLIENT, A_METHOD, A_RAW_PATH, A_QUERY,
     A_REQUEST_BODY, A_STATUS, A_ENDED, A_BACKEND, A_ERROR, A_ATTEMPTS, A_REQUEST_HEADERS, A_RESPONSE_HEADERS,
     A_CHUNKS, A_RESPONSE_BYTES, A_KEPT, A_COUNT
 };
@@ -365,11 +633,12 @@ static int put_attempts(Buf *b, PyObject *attempts, double start) {
         PyObject *backend = NULL, *name = NULL, *outcome = NULL, *value = NULL, *status = NULL, *started = NULL,
                  *headers_at = NULL, *ended = NULL;
         rc = -1;
-        if (!(backend = attr(a, S_backend)) || !(name = attr(backend, S_name)) || !(outcome = attr(a, S_outcome)) ||
-            !(status = attr(a, S_status)) || !(started = attr(a, S_started)) || !(headers_at = attr(a, S_headers_at)) ||
-            !(ended = attr(a, S_ended)))
+        if (!(backend = PyObject_GetAttr(a, S_backend)) || !(name = PyObject_GetAttr(backend, S_name)) ||
+            !(outcome = PyObject_GetAttr(a, S_outcome)) || !(status = PyObject_GetAttr(a, S_status)) ||
+            !(started = PyObject_GetAttr(a, S_started)) || !(headers_at = PyObject_GetAttr(a, S_headers_at)) ||
+            !(ended = PyObject_GetAttr(a, S_ended)))
             goto next;
-        if (outcome != Py_None && !(value = attr(outcome, S_value))) goto next;
+        if (outcome != Py_None && !(value = PyObject_GetAttr(outcome, S_value))) goto next;
         double t = PyFloat_AsDouble(started);
         if (t == -1.0 && PyErr_Occurred()) goto next;
         if ((i && (rc = PUT(b, ","))) || (rc = PUT(b, "{\"backend\":")) || (rc = put_str(b, name)) ||
@@ -405,8 +674,7 @@ static int put_attempts(Buf *b, PyObject *attempts, double start) {
     return PUT(b, "]");
 }
 
-static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance, Py_ssize_t request_cap,
-                      PyObject *model, const Caches *c) {
+static int put_record(Encoder *e, Buf *b, PyObject **a, double wall, PyObject *model) {
     int rc;
     /* What only the Python path handles. */
     if (!PyBytes_Check(a[A_QUERY]) || PyBytes_GET_SIZE(a[A_QUERY]) != 0) return FALLBACK;
@@ -420,13 +688,15 @@ static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance
         PyErr_Clear();
         return FALLBACK;
     }
-    if (response_bytes > kept || PyBytes_GET_SIZE(a[A_REQUEST_BODY]) > request_cap) return FALLBACK;
+    if (response_bytes > kept || PyBytes_GET_SIZE(a[A_REQUEST_BODY]) > e->request_cap) return FALLBACK;
+    PyObject *second = e->second;
     if (!PyList_CheckExact(second) || PyList_GET_SIZE(second) != 2) return FALLBACK;
-    PyObject *prefix = PyList_GET_ITEM(second, 1);
-    if (!PyUnicode_IS_COMPACT_ASCII(prefix)) return FALLBACK;
-    double sec0 = PyFloat_AsDouble(PyList_GET_ITEM(second, 0)), wall = PyFloat_AsDouble(a[A_RECEIVED_WALL]),
-           received = PyFloat_AsDouble(a[A_RECEIVED]), done = PyFloat_AsDouble(a[A_DONE]),
-           first_byte = PyFloat_AsDouble(a[A_FIRST_BYTE]);
+    PyObject *prefix_str = PyList_GET_ITEM(second, 1);
+    if (!PyUnicode_IS_COMPACT_ASCII(prefix_str)) return FALLBACK;
+    const char *prefix = (const char *)PyUnicode_DATA(prefix_str);
+    Py_ssize_t prefix_len = PyUnicode_GET_LENGTH(prefix_str);
+    double sec0 = PyFloat_AsDouble(PyList_GET_ITEM(second, 0)), received = PyFloat_AsDouble(a[A_RECEIVED]),
+           done = PyFloat_AsDouble(a[A_DONE]), first_byte = PyFloat_AsDouble(a[A_FIRST_BYTE]);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return FALLBACK;
@@ -438,22 +708,23 @@ static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance
         return FALLBACK; /* the Python path moves the cached second */
 
     /* Headers first: a response that turns out to be a stream is the Python path's. */
-    Buf request_headers = {NULL, 0, 0}, response_headers = {NULL, 0, 0};
-    int stream = 0;
-    if ((rc = put_headers(&response_headers, a[A_RESPONSE_HEADERS], c, &stream)) == 0 && !stream)
-        rc = put_headers(&request_headers, a[A_REQUEST_HEADERS], c, NULL);
+    Buf *request_headers = &e->request_headers, *response_headers = &e->response_headers;
+    request_headers->len = response_headers->len = 0;
+    int stream = 0, ignored = 0;
+    if ((rc = put_headers(e, response_headers, a[A_RESPONSE_HEADERS], &stream)) == 0 && !stream)
+        rc = put_headers(e, request_headers, a[A_REQUEST_HEADERS], &ignored);
     if (stream && !rc) rc = FALLBACK;
-    if (rc) goto out;
+    if (rc) return rc;
 
     const char *path = PyBytes_AS_STRING(a[A_RAW_PATH]);
     Py_ssize_t path_len = PyBytes_GET_SIZE(a[A_RAW_PATH]);
-    if ((rc = scan(&c->scanner, path, path_len, 0, 0))) goto out; /* latin-1 in Python: ASCII only here */
+    if ((rc = scan(&e->scanner, path, path_len, 0, 0))) return rc; /* latin-1 in Python: ASCII only here */
 
     if ((rc = PUT(b, "{\"schema\":1,\"id\":")) || (rc = put_str(b, a[A_ID])) || (rc = PUT(b, ",\"request_id\":")) ||
-        (rc = put_str(b, a[A_REQUEST_ID])) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, instance)) ||
-        (rc = PUT(b, ",\"received_at\":")) || (rc = put_stamp(b, prefix, at)) ||
-        (rc = PUT(b, ",\"first_byte_at\":")) || (rc = put_stamp(b, prefix, at + ttfb)) ||
-        (rc = PUT(b, ",\"done_at\":")) || (rc = put_stamp(b, prefix, at + latency)) ||
+        (rc = put_str(b, a[A_REQUEST_ID])) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, e->instance)) ||
+        (rc = PUT(b, ",\"received_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at)) ||
+        (rc = PUT(b, ",\"first_byte_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at + ttfb)) ||
+        (rc = PUT(b, ",\"done_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at + latency)) ||
         (rc = PUT(b, ",\"latency_ms\":")) || (rc = put_ms(b, latency)) || (rc = PUT(b, ",\"ttfb_ms\":")) ||
         (rc = put_ms(b, ttfb)) || (rc = PUT(b, ",\"client\":")) || (rc = put_str_or_null(b, a[A_CLIENT])) ||
         (rc = PUT(b, ",\"method\":")) || (rc = put_str(b, a[A_METHOD])) || (rc = PUT(b, ",\"path\":")) ||
@@ -462,72 +733,43 @@ static int put_record(Buf *b, PyObject **a, PyObject *second, PyObject *instance
         (rc = put_int(b, status)) || (rc = PUT(b, ",\"ended\":")) ||
         (rc = put_str(b, a[A_ENDED])) || (rc = PUT(b, ",\"backend\":")) || (rc = put_str_or_null(b, a[A_BACKEND])) ||
         (rc = PUT(b, ",\"error\":null,\"attempts\":")) || (rc = put_attempts(b, a[A_ATTEMPTS], received)) ||
-        (rc = PUT(b, ",\"request\":{\"headers\":")) || (rc = put(b, request_headers.data, request_headers.len)) ||
+        (rc = PUT(b, ",\"request\":{\"headers\":")) || (rc = put(b, request_headers->data, request_headers->len)) ||
         (rc = PUT(b, ",")))
-        goto out;
-    if ((rc = put_body(b, PyBytes_AS_STRING(a[A_REQUEST_BODY]), PyBytes_GET_SIZE(a[A_REQUEST_BODY]),
-                       PyBytes_GET_SIZE(a[A_REQUEST_BODY]), c)))
-        goto out;
-    if ((rc = PUT(b, "},\"response\":{\"headers\":")) || (rc = put(b, response_headers.data, response_headers.len)) ||
+        return rc;
+    if ((rc = put_body(e, b, PyBytes_AS_STRING(a[A_REQUEST_BODY]), PyBytes_GET_SIZE(a[A_REQUEST_BODY]),
+                       PyBytes_GET_SIZE(a[A_REQUEST_BODY]))))
+        return rc;
+    if ((rc = PUT(b, "},\"response\":{\"headers\":")) || (rc = put(b, response_headers->data, response_headers->len)) ||
         (rc = PUT(b, ",")))
-        goto out;
+        return rc;
 
     PyObject *chunks = a[A_CHUNKS];
     Py_ssize_t nchunks = PyList_GET_SIZE(chunks);
     if (nchunks == 1 && PyBytes_Check(PyList_GET_ITEM(chunks, 0))) {
         PyObject *chunk = PyList_GET_ITEM(chunks, 0);
-        rc = put_body(b, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), response_bytes, c);
+        rc = put_body(e, b, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), response_bytes);
     } else {
-        Buf joined = {NULL, 0, 0};
+        Buf *joined = &e->joined;
+        joined->len = 0;
         rc = 0;
         for (Py_ssize_t i = 0; i < nchunks && !rc; i++) {
             PyObject *chunk = PyList_GET_ITEM(chunks, i);
-            rc = PyBytes_Check(chunk) ? put(&joined, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk)) : FALLBACK;
+            rc = PyBytes_Check(chunk) ? put(joined, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk)) : FALLBACK;
         }
-        if (!rc) rc = put_body(b, joined.data, joined.len, response_bytes, c);
-        PyMem_Free(joined.data);
+        if (!rc) rc = put_body(e, b, joined->data, joined->len, response_bytes);
     }
-    if (rc || (rc = PUT(b, ",\"stream\":false,\"text\":null,\"usage\":null}}"))) goto out;
-out:
-    PyMem_Free(request_headers.data);
-    PyMem_Free(response_headers.data);
-    return rc;
+    if (rc) return rc;
+    return PUT(b, ",\"stream\":false,\"text\":null,\"usage\":null}}");
 }
 
 static PyObject *names_[A_COUNT];
 
-PyDoc_STRVAR(encode_doc,
-             "encode(exchange, second, instance, request_cap, model, fields, listed, replacement, literals)\n"
-             "--\n\n"
-             "The record line for the common case, or None: see the module's source comment.");
-
-static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "encode() takes 9 arguments");
-        return NULL;
-    }
-    PyObject *exchange = args[0], *second = args[1], *instance = args[2], *model = args[4];
-    Py_ssize_t request_cap = PyLong_AsSsize_t(args[3]);
-    if (request_cap == -1 && PyErr_Occurred()) return NULL;
-    PyObject *literals = args[8];
-    if (!PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6]) || !PyTuple_CheckExact(literals)) {
-        PyErr_SetString(PyExc_TypeError, "encode(): fields and listed must be dicts, literals a tuple");
-        return NULL;
-    }
-    if (PyTuple_GET_SIZE(literals) > MAX_LITERALS) {
-        PyErr_SetString(PyExc_ValueError, "encode(): too many literals");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(literals); i++) {
-        PyObject *literal = PyTuple_GET_ITEM(literals, i);
-        if (!PyBytes_CheckExact(literal) || PyBytes_GET_SIZE(literal) == 0) {
-            PyErr_SetString(PyExc_TypeError, "encode(): literals must be non-empty bytes");
-            return NULL;
-        }
-    }
-    Caches c = {args[5], args[6], args[7], {0}};
-    scanner_init(&c.scanner, literals); /* once per record, for the path and both bodies */
+/* The line for one exchange (received at ``wall``, or at its received_wall when ``wall`` is NaN),
+ * Py_None when it is the Python path's, NULL with an exception when out of memory. ``held`` gets
+ * the bytes the exchange holds as the memory queue counts them, when it can tell. */
+static PyObject *encode_one(Encoder *e, PyObject *exchange, double wall, double offset, long long *held) {
     PyObject *a[A_COUNT] = {NULL};
+    PyObject *model = NULL, *result = NULL;
     int rc = 0;
     for (int i = 0; i < A_COUNT; i++) {
         if ((a[i] = PyObject_GetAttr(exchange, names_[i])) == NULL) {
@@ -535,35 +777,217 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
             break;
         }
     }
-    Buf b = {NULL, 0, 0};
-    if (!rc && !(rc = grow(&b, 2048))) rc = put_record(&b, a, second, instance, request_cap, model, &c);
+    if (rc == 0) {
+        if (held != NULL && PyBytes_Check(a[A_REQUEST_BODY]) && PyLong_CheckExact(a[A_KEPT])) {
+            long long kept = PyLong_AsLongLong(a[A_KEPT]);
+            if (kept == -1 && PyErr_Occurred()) PyErr_Clear();
+            else *held = PyBytes_GET_SIZE(a[A_REQUEST_BODY]) + kept;
+        }
+        if (isnan(wall)) {
+            double received = PyFloat_AsDouble(a[A_RECEIVED]);
+            wall = received + offset;
+            if (received == -1.0 && PyErr_Occurred()) rc = -1;
+        }
+    }
+    if (rc == 0 && PyBytes_Check(a[A_REQUEST_BODY])) {
+        /* The model a JSON body names, as record._model finds it (only bodies that mention one). */
+        const char *body = PyBytes_AS_STRING(a[A_REQUEST_BODY]);
+        Py_ssize_t n = PyBytes_GET_SIZE(a[A_REQUEST_BODY]);
+        if (n >= 7 && memmem(body, (size_t)n, "\"model\"", 7) != NULL) {
+            model = PyObject_CallOneArg(e->model_of, a[A_REQUEST_BODY]);
+            if (model == NULL) rc = -1;
+        }
+    }
+    Buf *b = &e->out;
+    b->len = 0;
+    if (rc == 0) rc = put_record(e, b, a, wall, model ? model : Py_None);
     for (int i = 0; i < A_COUNT; i++) Py_XDECREF(a[i]);
+    Py_XDECREF(model);
     if (rc < 0 && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
         /* An exchange this code did not expect (a missing attribute, an odd type): the Python
          * path encodes it, or reports it. */
         PyErr_Clear();
         rc = FALLBACK;
     }
-    PyObject *result = NULL;
-    if (rc == 0) result = PyBytes_FromStringAndSize(b.data, b.len);
+    if (rc == 0) result = PyBytes_FromStringAndSize(b->data, b->len);
     else if (rc == FALLBACK) result = Py_NewRef(Py_None);
-    PyMem_Free(b.data);
+    if (b->cap > (1 << 20)) { /* a large record: do not keep its buffer */
+        PyMem_Free(b->data);
+        b->data = NULL;
+        b->len = b->cap = 0;
+    }
     return result;
 }
 
-static PyMethodDef methods[] = {
-    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL, encode_doc},
+PyDoc_STRVAR(line_doc, "line(exchange)\n--\n\nThe record line of an exchange whose received_wall is set, or None: "
+                       "the Python path's record.");
+
+static PyObject *Encoder_line(Encoder *e, PyObject *exchange) {
+    PyObject *wall_obj = PyObject_GetAttr(exchange, S_received_wall);
+    if (wall_obj == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    double wall = PyFloat_AsDouble(wall_obj);
+    Py_DECREF(wall_obj);
+    if (wall == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return encode_one(e, exchange, wall, 0.0, NULL);
+}
+
+PyDoc_STRVAR(batch_doc,
+             "batch(exchanges, lines, wall_offset, fallback)\n--\n\n"
+             "Append the record line of each exchange (a list) to lines, in order, receipt times taken as\n"
+             "received + wall_offset; an exchange this encoder does not take goes to fallback(exchange),\n"
+             "which returns its line or None (not recorded). Returns the bytes appended minus the bytes\n"
+             "the exchanges held (request body and kept response).");
+
+static PyObject *Encoder_batch(Encoder *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "batch(exchanges: list, lines: list, wall_offset: float, fallback)");
+        return NULL;
+    }
+    PyObject *exchanges = args[0], *lines = args[1], *fallback = args[3];
+    double offset = PyFloat_AsDouble(args[2]);
+    if (offset == -1.0 && PyErr_Occurred()) return NULL;
+    long long change = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(exchanges); i++) {
+        PyObject *exchange = Py_NewRef(PyList_GET_ITEM(exchanges, i));
+        long long held = 0;
+        PyObject *line = encode_one(e, exchange, NAN, offset, &held);
+        if (line == NULL) PyErr_Clear(); /* out of memory here: the Python path may manage */
+        if (line == NULL || line == Py_None) {
+            Py_XDECREF(line);
+            line = PyObject_CallOneArg(fallback, exchange);
+        }
+        Py_DECREF(exchange);
+        if (line == NULL) return NULL;
+        change -= held;
+        if (line != Py_None) {
+            if (!PyBytes_Check(line)) {
+                Py_DECREF(line);
+                PyErr_SetString(PyExc_TypeError, "batch(): fallback must return bytes or None");
+                return NULL;
+            }
+            change += PyBytes_GET_SIZE(line);
+            if (PyList_Append(lines, line) < 0) {
+                Py_DECREF(line);
+                return NULL;
+            }
+        }
+        Py_DECREF(line);
+    }
+    return PyLong_FromLongLong(change);
+}
+
+static PyMethodDef Encoder_methods[] = {
+    {"line", (PyCFunction)Encoder_line, METH_O, line_doc},
+    {"batch", (PyCFunction)(void (*)(void))Encoder_batch, METH_FASTCALL, batch_doc},
     {NULL, NULL, 0, NULL},
 };
 
+static int Encoder_traverse(Encoder *e, visitproc visit, void *arg) {
+    Py_VISIT(e->fields);
+    Py_VISIT(e->listed);
+    Py_VISIT(e->replacement);
+    Py_VISIT(e->literals);
+    Py_VISIT(e->instance);
+    Py_VISIT(e->second);
+    Py_VISIT(e->model_of);
+    return 0;
+}
+
+static int Encoder_clear(Encoder *e) {
+    Py_CLEAR(e->fields);
+    Py_CLEAR(e->listed);
+    Py_CLEAR(e->replacement);
+    Py_CLEAR(e->literals);
+    Py_CLEAR(e->instance);
+    Py_CLEAR(e->second);
+    Py_CLEAR(e->model_of);
+    return 0;
+}
+
+static void Encoder_dealloc(Encoder *e) {
+    PyObject_GC_UnTrack(e);
+    Encoder_clear(e);
+    table_clear(&e->table);
+    PyMem_Free(e->table.slots);
+    PyMem_Free(e->out.data);
+    PyMem_Free(e->request_headers.data);
+    PyMem_Free(e->response_headers.data);
+    PyMem_Free(e->joined.data);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+PyDoc_STRVAR(Encoder_doc,
+             "Encoder(fields, listed, replacement, literals, instance, second, request_cap, model_of, seed)\n--\n\n"
+             "Record lines for the common case: see the module's source comment. fields, listed,\n"
+             "replacement and literals are Redactor.native_caches; second is record._second; model_of\n"
+             "finds a request body's model; seed (an int) keys the header table's hash.");
+
+static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *fields, *listed, *replacement, *literals, *instance, *second, *model_of;
+    Py_ssize_t request_cap;
+    unsigned long long seed;
+    static char *keywords[] = {"fields", "listed", "replacement", "literals", "instance", "second",
+                               "request_cap", "model_of", "seed", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!UO!UO!nOK:Encoder", keywords, &PyDict_Type, &fields,
+                                     &PyDict_Type, &listed, &replacement, &PyTuple_Type, &literals, &instance,
+                                     &PyList_Type, &second, &request_cap, &model_of, &seed))
+        return NULL;
+    if (PyTuple_GET_SIZE(literals) > MAX_LITERALS) {
+        PyErr_SetString(PyExc_ValueError, "Encoder(): too many literals");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(literals); i++) {
+        PyObject *literal = PyTuple_GET_ITEM(literals, i);
+        if (!PyBytes_CheckExact(literal) || PyBytes_GET_SIZE(literal) == 0) {
+            PyErr_SetString(PyExc_TypeError, "Encoder(): literals must be non-empty bytes");
+            return NULL;
+        }
+    }
+    if (!PyCallable_Check(model_of)) {
+        PyErr_SetString(PyExc_TypeError, "Encoder(): model_of must be callable");
+        return NULL;
+    }
+    Encoder *e = (Encoder *)type->tp_alloc(type, 0);
+    if (e == NULL) return NULL;
+    e->fields = Py_NewRef(fields);
+    e->listed = Py_NewRef(listed);
+    e->replacement = Py_NewRef(replacement);
+    e->literals = Py_NewRef(literals);
+    e->instance = Py_NewRef(instance);
+    e->second = Py_NewRef(second);
+    e->model_of = Py_NewRef(model_of);
+    e->request_cap = request_cap;
+    e->table.seed = seed;
+    scanner_init(&e->scanner, literals);
+    return (PyObject *)e;
+}
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "haproxy_ai.mirror._fastrecord.Encoder",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = Encoder_doc,
+    .tp_new = Encoder_new,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_traverse = (traverseproc)Encoder_traverse,
+    .tp_clear = (inquiry)Encoder_clear,
+    .tp_methods = Encoder_methods,
+};
+
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_fastrecord", "The mirror record encoder's common case (see record.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastrecord", "The mirror record encoder's common case (see record.py).", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastrecord(void) {
     static const char *attrs[A_COUNT] = {
-        "id", "request_id", "received_wall", "received", "first_byte", "done", "client", "method", "raw_path", "query",
+        "id", "request_id", "received", "first_byte", "done", "client", "method", "raw_path", "query",
         "request_body", "status", "ended", "backend", "error", "attempts", "request_headers", "response_headers",
         "chunks", "response_bytes", "kept",
     };
@@ -578,7 +1002,15 @@ PyMODINIT_FUNC PyInit__fastrecord(void) {
     if (!(S_backend = PyUnicode_InternFromString("backend")) || !(S_name = PyUnicode_InternFromString("name")) ||
         !(S_outcome = PyUnicode_InternFromString("outcome")) || !(S_value = PyUnicode_InternFromString("_value_")) ||
         !(S_status = PyUnicode_InternFromString("status")) || !(S_started = PyUnicode_InternFromString("started")) ||
-        !(S_headers_at = PyUnicode_InternFromString("headers_at")) || !(S_ended = PyUnicode_InternFromString("ended")))
+        !(S_headers_at = PyUnicode_InternFromString("headers_at")) || !(S_ended = PyUnicode_InternFromString("ended")) ||
+        !(S_received_wall = PyUnicode_InternFromString("received_wall")))
         return NULL;
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

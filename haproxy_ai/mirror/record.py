@@ -8,6 +8,7 @@ critical path. The record format (schema 1) is documented in README ("Record for
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,23 +21,25 @@ if TYPE_CHECKING:
     from ..context import AttemptRecord
     from .redact import Redactor
 
-__all__ = ["ENDED", "NATIVE", "SCHEMA_VERSION", "Exchange", "encode", "format_time", "parse_sse"]
+log = logging.getLogger("haproxy_ai.mirror")
+
+__all__ = ["ENDED", "NATIVE", "SCHEMA_VERSION", "Exchange", "RecordEncoder", "encode", "format_time", "parse_sse"]
 
 
 # The common case in C (_fastrecord.c, built by setup.py where a C compiler is available): the
 # same bytes as the Python path below, for a fraction of the CPU. HAPROXY_AI_NO_NATIVE=1 turns it off.
-def _load_native() -> Callable[..., bytes | None] | None:
+def _load_native() -> Any:
     if os.environ.get("HAPROXY_AI_NO_NATIVE") == "1":
         return None
     try:
-        from ._fastrecord import encode
+        from ._fastrecord import Encoder
     except ImportError:  # built without a C compiler: the Python path does everything
         return None
-    return encode
+    return Encoder
 
 
-_native_encode = _load_native()
-NATIVE = _native_encode is not None
+_NativeEncoder = _load_native()
+NATIVE = _NativeEncoder is not None
 
 SCHEMA_VERSION = 1
 ENDED = ("complete", "client_aborted", "upstream_reset", "truncated")
@@ -406,13 +409,72 @@ def build(exchange: Exchange, redactor: Redactor, instance: str, request_cap: in
     )
 
 
+class RecordEncoder:
+    """Finished exchanges to JSON lines for one mirror: the C encoder for the records it can
+    prove need no redaction work (keeping each header field's finished JSON text), the Python
+    path (``build``) for the rest. ``on_error`` is called for a record neither can encode (a bug,
+    logged; the record is dropped, never the mirror)."""
+
+    __slots__ = ("_fallback", "_instance", "_native", "_offset", "_redactor", "_request_cap", "on_error")
+
+    def __init__(
+        self, redactor: Redactor, instance: str, request_cap: int, on_error: Callable[[], None] | None = None
+    ) -> None:
+        self._redactor = redactor
+        self._instance = instance
+        self._request_cap = request_cap
+        self._offset = 0.0
+        self.on_error = on_error
+        caches = redactor.native_caches
+        self._native = (
+            _NativeEncoder(*caches, instance, _second, request_cap, _model, int.from_bytes(os.urandom(8), "little"))
+            if caches is not None and _NativeEncoder is not None
+            else None
+        )
+        self._fallback = self._python_line
+
+    @property
+    def native(self) -> bool:
+        """Whether the C encoder takes the common records."""
+        return self._native is not None
+
+    def line(self, exchange: Exchange) -> bytes:
+        """One exchange's record line (its ``received_wall`` set), without the newline; raises
+        what the Python path raises for an exchange it cannot encode."""
+        if self._native is not None:
+            line: bytes | None = self._native.line(exchange)
+            if line is not None:
+                return line
+        return _ENCODER.encode(build(exchange, self._redactor, self._instance, self._request_cap))
+
+    def batch(self, exchanges: list[Exchange], lines: list[bytes], wall_offset: float) -> int:
+        """Append each exchange's line to ``lines`` in order, receipt times being ``received +
+        wall_offset``; returns the bytes appended minus those the exchanges held (request body
+        and kept response), for the memory queue's byte count."""
+        self._offset = wall_offset
+        if self._native is not None:
+            change: int = self._native.batch(exchanges, lines, wall_offset, self._fallback)
+            return change
+        change = 0
+        for exchange in exchanges:
+            change -= len(exchange.request_body) + exchange.kept
+            line = self._python_line(exchange)
+            if line is not None:
+                lines.append(line)
+                change += len(line)
+        return change
+
+    def _python_line(self, exchange: Exchange) -> bytes | None:
+        exchange.received_wall = exchange.received + self._offset
+        try:
+            return _ENCODER.encode(build(exchange, self._redactor, self._instance, self._request_cap))
+        except Exception as exc:  # a bug, never a reason to stop mirroring
+            log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
+            if self.on_error is not None:
+                self.on_error()
+            return None
+
+
 def encode(exchange: Exchange, redactor: Redactor, instance: str, request_cap: int) -> bytes:
-    """The record as one JSON line, without the newline."""
-    caches = redactor.native_caches
-    if caches is not None and _native_encode is not None:
-        body = exchange.request_body
-        model = _model(body) if b'"model"' in body else None
-        line: bytes | None = _native_encode(exchange, _second, instance, request_cap, model, *caches)
-        if line is not None:
-            return line
-    return _ENCODER.encode(build(exchange, redactor, instance, request_cap))
+    """The record as one JSON line, without the newline (``received_wall`` set)."""
+    return RecordEncoder(redactor, instance, request_cap).line(exchange)

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from ..clock import Clock
 from ..metrics import MirrorMetrics
 from ..settings import MirrorSettings, SinkSettings
-from .record import NATIVE, Exchange, encode
+from .record import Exchange, RecordEncoder
 from .redact import Redactor
 from .sinks.base import RecordSink, SinkError
 from .sinks.file import FileSink
@@ -78,9 +78,8 @@ class Mirror:
         self._paths = tuple(p.encode() for p in settings.paths)
         self._exclude = tuple(p.encode() for p in settings.exclude_paths)
         self._sample = settings.sample_rate
-        self._request_cap = settings.max_request_body
         self._response_cap = settings.max_response_body
-        self._queue: deque[Exchange] = deque()  # finished, not yet encoded (normally for one loop turn)
+        self._queue: list[Exchange] = []  # finished, not yet encoded (normally for one loop turn)
         self._lines: list[bytes] = []  # encoded, waiting for the writer
         self._encode_scheduled = False
         self._linger: asyncio.TimerHandle | None = None
@@ -95,6 +94,7 @@ class Mirror:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count((1 << 64) + 1)  # hex(n)[3:]: 16 digits, cheaper than a format spec
         self.recent: deque[bytes] = deque(maxlen=100)
+        self._encoder = RecordEncoder(self.redactor, self.instance, settings.max_request_body, self._encode_failed)
         self.spool = Spool(
             settings.spool_dir,
             sinks=[s.name for s in settings.sinks],
@@ -215,7 +215,7 @@ class Mirror:
             await self._run(self.spool.close)
             raise
         self._closing = False
-        log.info("mirror: records encoded by the %s encoder", "C" if NATIVE else "Python")
+        log.info("mirror: records encoded by the %s encoder", "C" if self._encoder.native else "Python")
         self._loop = asyncio.get_running_loop()
         self._writer = asyncio.ensure_future(self._write_loop())
         for name, sink in self.sinks.items():
@@ -274,26 +274,15 @@ class Mirror:
     def _encode(self) -> None:
         """Encode and redact queued exchanges into JSON lines for the writer (a loop callback)."""
         self._encode_scheduled = False
-        queue, lines, m = self._queue, self._lines, self.metrics
-        redactor, instance, cap = self.redactor, self.instance, self._request_cap
-        wall_offset = self._wall_offset
-        taken = change = 0
-        while queue and taken < _BATCH:  # bounded: one callback never holds the loop for long
-            exchange = queue.popleft()
-            taken += 1
-            change -= len(exchange.request_body) + exchange.kept
-            exchange.received_wall = exchange.received + wall_offset
-            try:
-                line = encode(exchange, redactor, instance, cap)
-            except Exception as exc:  # a bug, never a reason to stop mirroring
-                log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
-                m.dropped.labels("spool_error").inc()
-                continue
-            change += len(line)
-            lines.append(line)
-        self._queued_bytes += change
-        m.enqueued.inc(taken)
-        if queue and self._loop is not None:
+        queue, lines = self._queue, self._lines
+        if len(queue) <= _BATCH:
+            batch, self._queue = queue, []
+        else:  # bounded: one callback never holds the loop for long
+            batch = queue[:_BATCH]
+            del queue[:_BATCH]
+        self._queued_bytes += self._encoder.batch(batch, lines, self._wall_offset)
+        self.metrics.enqueued.inc(len(batch))
+        if self._queue and self._loop is not None:
             self._encode_scheduled = True
             self._loop.call_soon(self._encode)
         if len(lines) >= _BATCH:
@@ -301,6 +290,9 @@ class Mirror:
         elif lines and self._linger is None and self._loop is not None:
             # Let a batch gather: each write is a round trip to the spool thread.
             self._linger = self._loop.call_later(_LINGER, self._linger_over)
+
+    def _encode_failed(self) -> None:
+        self.metrics.dropped.labels("spool_error").inc()
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -425,7 +417,7 @@ class Mirror:
         return {
             "enabled": True,
             "instance": self.instance,
-            "encoder": "c" if NATIVE else "python",
+            "encoder": "c" if self._encoder.native else "python",
             "spool_dir": str(self.spool.dir),
             "queue": {"depth": self.queued(), "bytes": self._queued_bytes, "mode": self.settings.on_queue_full},
             "spool": {"bytes": stats.bytes, "segments": stats.segments, "records": stats.records},
