@@ -329,8 +329,8 @@ typedef struct {
     unsigned char listed, stream;
 } Field;
 
-#define SLOTS 8192  /* a power of two */
-#define MAX_KEPT 4096 /* fields kept before the table is cleared */
+#define SLOTS 2048 /* a power of two */
+#define MAX_KEPT 1024 /* fields kept before the table is cleared */
 #define PROBES 8
 
 typedef struct {

@@ -50,8 +50,8 @@ class Exchange:
     """A request/response pair as the proxy saw it, captured cheaply on the request path.
 
     Times are the injected clock's monotonic seconds, except ``received_wall`` (epoch seconds),
-    which the writer sets from ``received`` when it encodes the record: no wall-clock read per
-    request.
+    which the writer derives from ``received`` when it encodes the record (the C encoder without
+    setting it): no wall-clock read per request.
     The response body is kept up to ``cap`` bytes; later chunks are only counted, except the
     last few, which usually carry a stream's ``usage``.
     """
