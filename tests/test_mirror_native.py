@@ -137,7 +137,7 @@ def test_utf8_bodies_take_the_c_path() -> None:
     assert native is not None and native == python
 
 
-def test_a_header_not_seen_before_goes_through_python_first() -> None:
+def test_a_header_not_seen_before_with_a_secret_goes_through_python_first() -> None:
     redactor = Redactor.from_settings(RedactSettings())
     ex = _exchange(request_headers=[(b"x-note", f"token {SECRET}".encode())])
     native = _native(redactor)
@@ -146,6 +146,29 @@ def test_a_header_not_seen_before_goes_through_python_first() -> None:
     assert SECRET.encode() not in line
     again = native.line(_exchange(request_headers=ex.request_headers))
     assert again is not None and SECRET.encode() not in again
+
+
+def test_a_plain_header_not_seen_before_is_encoded_in_c_at_once() -> None:
+    # A per-request value (traceparent, a replica's timing headers) must not send every record
+    # to Python: an ASCII field without a literal is redacted in C as Python would (kept).
+    redactor = Redactor.from_settings(RedactSettings())
+    native = _native(redactor)
+    for i in range(3):
+        headers = [
+            (b"Host", b"proxy"),
+            (b"TraceParent", b"00-%032x-%016x-01" % (i, i)),
+            (b"X-API-Key", SECRET.encode()),
+        ]
+        ex = _exchange(request_headers=headers)
+        record.format_time(ex.received_wall)
+        line = native.line(ex)  # before the Python path has seen any of these fields
+        assert line is not None
+        assert line == record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20))
+        assert SECRET.encode() not in line
+        assert orjson.loads(line)["request"]["headers"]["x-api-key"] == "[REDACTED]"
+    # Not plain: the Python path.
+    for field in [(b"x-note", "caf\u00e9".encode("latin-1")), (b"x-n\xe9", b"1"), (b"x-note", b"Bearer abcdefgh1234")]:
+        assert native.line(_exchange(request_headers=[field])) is None, field
 
 
 def test_no_c_path_when_a_pattern_has_no_literal_or_body_fields_are_set() -> None:

@@ -1,9 +1,10 @@
 /* The mirror record encoder's common case, in C (optional: record.py works without it).
  *
  * An Encoder writes the same bytes as record.py's Python path for an exchange that needs no
- * redaction work beyond cache lookups: every header field already known (redacted by Python
- * when first seen, then kept here as its finished JSON text), an ASCII path, UTF-8 bodies, all
- * free of every pattern's required literal (so no pattern can match them; see scan()), no query
+ * redaction work beyond cache lookups: every header field known (from the Redactor's caches) or
+ * plain (ASCII; a listed name, or a value no pattern can match), each then kept here as its
+ * finished JSON text, an ASCII path, UTF-8 bodies, all free of every pattern's required
+ * literal (so no pattern can match them; see scan()), no query
  * string, no error, not a stream, nothing truncated, all three timestamps within the cached
  * second. It redacts nothing itself. For anything else it hands the exchange to the Python path
  * (``fallback``), which also fills the caches. tests/test_mirror_native.py holds the two paths
@@ -317,8 +318,8 @@ static int scan(const Scanner *sc, const char *s, Py_ssize_t n, int escapes, int
 
 /* Header fields as finished JSON text (``"name":"redacted value"``), keyed by the raw bytes of
  * the field: after the first sighting, a field costs a hash of its bytes, one compare and a
- * copy. Filled from the Redactor's own caches (so only what Python redacted and cached), bounded
- * like them (cleared when full), and probed a bounded number of slots with a per-process seed,
+ * copy. Filled from the Redactor's caches or by new_field(), bounded like those caches (cleared
+ * when full), and probed a bounded number of slots with a per-process seed,
  * so crafted fields can slow a lookup by a few compares at most (a miss goes the Python way). */
 typedef struct {
     uint64_t hash;      /* 0: an empty slot */
@@ -426,6 +427,7 @@ typedef struct {
     PyObject *listed;      /* dict: raw name of a listed header -> name, Redactor's */
     PyObject *replacement; /* str */
     PyObject *literals;    /* tuple of bytes */
+    PyObject *header_names; /* frozenset: the listed header names, lowercase */
     PyObject *instance;    /* str */
     PyObject *second;      /* list, record._second */
     PyObject *model_of;    /* callable: request body -> model or None */
@@ -456,6 +458,45 @@ static int render_field(Buf *b, PyObject *name, PyObject *value, Py_ssize_t *jso
         }
         *stream = n >= 17 && strncasecmp(v, "text/event-stream", 17) == 0;
     }
+    return 0;
+}
+
+/* A field neither the table nor Python's caches have, redacted as Redactor.headers redacts it:
+ * its name lowercased; a listed name's value replaced; a value kept when scan() proves no
+ * pattern can match it. ASCII fields only (the Python path takes the rest). New references. */
+static int new_field(Encoder *e, const char *name, Py_ssize_t name_len, const char *value, Py_ssize_t value_len,
+                     PyObject **field_name, PyObject **field_value, int *listed) {
+    PyObject *lowered = PyUnicode_New(name_len, 127);
+    if (lowered == NULL) return -1;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(lowered);
+    for (Py_ssize_t i = 0; i < name_len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 0x80) {
+            Py_DECREF(lowered);
+            return FALLBACK;
+        }
+        out[i] = LOWER[c];
+    }
+    int is_listed = PySet_Contains(e->header_names, lowered);
+    if (is_listed < 0) {
+        PyErr_Clear();
+        Py_DECREF(lowered);
+        return FALLBACK;
+    }
+    if (is_listed) {
+        *field_name = lowered;
+        *field_value = Py_NewRef(e->replacement);
+        *listed = 1;
+        return 0;
+    }
+    int rc = scan(&e->scanner, value, value_len, 0, 0); /* ASCII and no literal, or FALLBACK */
+    if (rc == 0 && (*field_value = PyUnicode_FromStringAndSize(value, value_len)) == NULL) rc = -1;
+    if (rc) {
+        Py_DECREF(lowered);
+        return rc;
+    }
+    *field_name = lowered;
+    *listed = 0;
     return 0;
 }
 
@@ -495,8 +536,8 @@ static int put_field(Encoder *e, Buf *b, PyObject *pair, uint64_t *name_hash, in
             if (!PyBytes_CheckExact(item) && !PyUnicode_CheckExact(item)) return FALLBACK;
         }
     }
-    /* Not known here yet: Python's caches. */
-    PyObject *field_name, *field_value;
+    /* Not known here yet: Python's caches, else a new field. */
+    PyObject *field_name, *field_value, *owned_name = NULL, *owned_value = NULL;
     int listed = 0;
     PyObject *field = PyDict_GetItemWithError(e->fields, pair);
     if (field != NULL) {
@@ -509,17 +550,26 @@ static int put_field(Encoder *e, Buf *b, PyObject *pair, uint64_t *name_hash, in
             return FALLBACK;
         }
         field_name = PyDict_GetItemWithError(e->listed, raw_name);
-        if (field_name == NULL) {
-            PyErr_Clear();
-            return FALLBACK; /* not seen yet: the Python path decodes, redacts and caches it */
+        if (field_name != NULL) {
+            field_value = e->replacement;
+            listed = 1;
+        } else {
+            if (PyErr_Occurred()) {
+                PyErr_Clear();
+                return FALLBACK;
+            }
+            if (!cacheable) return FALLBACK; /* str fields: the Python path */
+            int rc = new_field(e, name, name_len, value, value_len, &owned_name, &owned_value, &listed);
+            if (rc) return rc;
+            field_name = owned_name;
+            field_value = owned_value;
         }
-        field_value = e->replacement;
-        listed = 1;
     }
-    if (!PyUnicode_Check(field_name) || !PyUnicode_Check(field_value)) return FALLBACK;
     Buf text = {NULL, 0, 0};
     Py_ssize_t json_name_len = 0;
-    int is_stream = 0, rc = render_field(&text, field_name, field_value, &json_name_len, &is_stream);
+    int is_stream = 0, rc = FALLBACK;
+    if (PyUnicode_Check(field_name) && PyUnicode_Check(field_value))
+        rc = render_field(&text, field_name, field_value, &json_name_len, &is_stream);
     if (rc == 0) {
         *name_hash = finish_hash(hash_bytes(t->seed ^ NAME_SEED, text.data, json_name_len));
         *stream |= is_stream;
@@ -547,6 +597,8 @@ static int put_field(Encoder *e, Buf *b, PyObject *pair, uint64_t *name_hash, in
         }
     }
     PyMem_Free(text.data);
+    Py_XDECREF(owned_name);
+    Py_XDECREF(owned_value);
     return rc;
 }
 
@@ -893,6 +945,7 @@ static int Encoder_traverse(Encoder *e, visitproc visit, void *arg) {
     Py_VISIT(e->listed);
     Py_VISIT(e->replacement);
     Py_VISIT(e->literals);
+    Py_VISIT(e->header_names);
     Py_VISIT(e->instance);
     Py_VISIT(e->second);
     Py_VISIT(e->model_of);
@@ -904,6 +957,7 @@ static int Encoder_clear(Encoder *e) {
     Py_CLEAR(e->listed);
     Py_CLEAR(e->replacement);
     Py_CLEAR(e->literals);
+    Py_CLEAR(e->header_names);
     Py_CLEAR(e->instance);
     Py_CLEAR(e->second);
     Py_CLEAR(e->model_of);
@@ -923,20 +977,22 @@ static void Encoder_dealloc(Encoder *e) {
 }
 
 PyDoc_STRVAR(Encoder_doc,
-             "Encoder(fields, listed, replacement, literals, instance, second, request_cap, model_of, seed)\n--\n\n"
+             "Encoder(fields, listed, replacement, literals, header_names, instance, second, request_cap, model_of,\n"
+             "seed)\n--\n\n"
              "Record lines for the common case: see the module's source comment. fields, listed,\n"
-             "replacement and literals are Redactor.native_caches; second is record._second; model_of\n"
+             "replacement, literals and header_names are Redactor.native_caches; second is record._second; model_of\n"
              "finds a request body's model; seed (an int) keys the header table's hash.");
 
 static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    PyObject *fields, *listed, *replacement, *literals, *instance, *second, *model_of;
+    PyObject *fields, *listed, *replacement, *literals, *header_names, *instance, *second, *model_of;
     Py_ssize_t request_cap;
     unsigned long long seed;
-    static char *keywords[] = {"fields", "listed", "replacement", "literals", "instance", "second",
+    static char *keywords[] = {"fields", "listed", "replacement", "literals", "header_names", "instance", "second",
                                "request_cap", "model_of", "seed", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!UO!UO!nOK:Encoder", keywords, &PyDict_Type, &fields,
-                                     &PyDict_Type, &listed, &replacement, &PyTuple_Type, &literals, &instance,
-                                     &PyList_Type, &second, &request_cap, &model_of, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!UO!O!UO!nOK:Encoder", keywords, &PyDict_Type, &fields,
+                                     &PyDict_Type, &listed, &replacement, &PyTuple_Type, &literals,
+                                     &PyFrozenSet_Type, &header_names, &instance, &PyList_Type, &second,
+                                     &request_cap, &model_of, &seed))
         return NULL;
     if (PyTuple_GET_SIZE(literals) > MAX_LITERALS) {
         PyErr_SetString(PyExc_ValueError, "Encoder(): too many literals");
@@ -959,6 +1015,7 @@ static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     e->listed = Py_NewRef(listed);
     e->replacement = Py_NewRef(replacement);
     e->literals = Py_NewRef(literals);
+    e->header_names = Py_NewRef(header_names);
     e->instance = Py_NewRef(instance);
     e->second = Py_NewRef(second);
     e->model_of = Py_NewRef(model_of);

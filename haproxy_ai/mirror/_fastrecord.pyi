@@ -8,6 +8,7 @@ class Encoder:
         listed: dict[Any, str],
         replacement: str,
         literals: tuple[bytes, ...],
+        header_names: frozenset[str],
         instance: str,
         second: list[Any],
         request_cap: int,

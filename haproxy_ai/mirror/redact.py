@@ -226,11 +226,20 @@ class Redactor:
         self._tree, self._field_text = self._compile_fields(tuple(body_fields))
         self._active = self._pattern is not None or self._tree is not None
         # What the C record encoder (record.py) needs to prove a record has nothing to redact:
-        # the header caches, and every literal some pattern match must contain. None when that
-        # cannot be proved without Python (body fields, a pattern with no such literal).
+        # the header caches, every literal some pattern match must contain, and the listed
+        # header names. None when that cannot be proved without Python (body fields, a pattern
+        # with no such literal).
         scan = _required_literals(tuple(patterns)) if self._pattern is not None else ()
-        self.native_caches: tuple[dict[Any, tuple[str, str]], dict[Any, str], str, tuple[bytes, ...]] | None = (
-            (self._header_fields_seen, self._listed_names_seen, replacement, tuple(s.encode() for s in scan))
+        self.native_caches: (
+            tuple[dict[Any, tuple[str, str]], dict[Any, str], str, tuple[bytes, ...], frozenset[str]] | None
+        ) = (
+            (
+                self._header_fields_seen,
+                self._listed_names_seen,
+                replacement,
+                tuple(s.encode() for s in scan),
+                self._header_names,
+            )
             if self._tree is None and scan is not None and len(scan) <= 64 and all(s.isascii() for s in scan)
             else None
         )
