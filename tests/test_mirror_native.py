@@ -31,7 +31,7 @@ WALL = 1795898227.25
 BODY = b'{"id":"chatcmpl-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \\"there\\"\\n"}}]}'
 
 
-def _exchange(**over: Any) -> Exchange:
+def _exchange(cls: type[Exchange] = Exchange, **over: Any) -> Exchange:
     """A finished exchange like the proxy's, received a quarter into a second (all three of its
     timestamps fall in that second)."""
     case: dict[str, Any] = {
@@ -48,7 +48,7 @@ def _exchange(**over: Any) -> Exchange:
         "first_byte": 0.0025,
     }
     case.update(over)
-    ex = Exchange("0123456789abcdef0000000000000001", 500.0, "POST", case["path"], case["query"],
+    ex = cls("0123456789abcdef0000000000000001", 500.0, "POST", case["path"], case["query"],
                   case["request_headers"], case["client"], 1 << 20)  # fmt: skip
     ex.received_wall = WALL
     ex.request_id = "rid-1"
@@ -278,3 +278,31 @@ def test_header_fields_beyond_the_table_bound_are_still_right() -> None:
         ex = _exchange(request_headers=[(b"host", b"proxy"), (b"x-trace", b"%d" % i)])
         python = record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20))
         assert native.line(ex) == python
+
+
+def test_the_c_exchange_behaves_as_the_python_one() -> None:
+    assert record.Exchange is not record.PyExchange  # the request path fills the C one
+    made = []
+    for cls in (record.Exchange, record.PyExchange):
+        ex = cls("id-1", 7.5, "POST", b"/v1", b"a=1", [(b"host", b"h")], None, 10)
+        before = (ex.request_id, ex.request_body, ex.status, ex.response_headers, ex.first_byte, ex.done, ex.ended,
+                  ex.error, ex.backend, ex.attempts, ex.chunks, ex.tail, ex.kept, ex.response_bytes)  # fmt: skip
+        ex.respond(206, [(b"a", b"b")], 7.75)
+        for chunk in [b"12345678", b"abc", b"x", b"yy", b"zzz", b"w", b"v"]:
+            ex.add(chunk)
+        made.append((before, ex.status, ex.response_headers, ex.first_byte, ex.chunks, ex.tail, ex.kept,
+                     ex.response_bytes, ex.received, ex.body_cap, ex.id, ex.method, ex.raw_path, ex.query))  # fmt: skip
+    assert made[0] == made[1]
+    assert made[0][5] == [b"yy", b"zzz", b"w", b"v"]  # past the cap: only the last four chunks
+
+
+@pytest.mark.parametrize("change", [{}, {"attempts": 3}, {"chunks": [BODY[:40], BODY[40:]]}, {"error": "reset"}])
+def test_both_exchange_classes_make_the_same_record(change: dict[str, Any]) -> None:
+    redactor = Redactor.from_settings(RedactSettings())
+    lines = []
+    for cls in (record.Exchange, record.PyExchange):
+        ex = _exchange(cls, **change)
+        record.format_time(ex.received_wall)
+        lines.append(record.encode(ex, redactor, "node-a", 1 << 20))
+        lines.append(record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20)))
+    assert len(set(lines)) == 1

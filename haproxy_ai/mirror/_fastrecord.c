@@ -12,6 +12,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
@@ -726,29 +727,105 @@ static int put_attempts(Buf *b, PyObject *attempts, double start) {
     return PUT(b, "]");
 }
 
-static int put_record(Encoder *e, Buf *b, PyObject **a, double wall, PyObject *model) {
-    int rc;
-    /* What only the Python path handles. */
-    if (!PyBytes_Check(a[A_QUERY]) || PyBytes_GET_SIZE(a[A_QUERY]) != 0) return FALLBACK;
-    if (a[A_ERROR] != Py_None || a[A_FIRST_BYTE] == Py_None) return FALLBACK;
-    if (!PyBytes_Check(a[A_RAW_PATH]) || !PyBytes_Check(a[A_REQUEST_BODY]) || !PyList_Check(a[A_CHUNKS])) return FALLBACK;
+/* What the encoder reads of an exchange: borrowed references and plain numbers. */
+typedef struct {
+    PyObject *id, *request_id, *client, *method, *raw_path, *query, *request_body, *ended, *backend, *error,
+        *attempts, *request_headers, *response_headers, *chunks, *first_byte;
+    double received, done;
+    long long status, response_bytes, kept;
+} View;
+
+/* record.Exchange in C: what the request path fills (see record.py's class, which this one
+ * replaces when the module is built: the same attributes, constructor and methods). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *id, *request_id, *method, *raw_path, *query, *request_headers, *client, *request_body,
+        *response_headers, *first_byte, *chunks, *tail, *ended, *error, *backend, *attempts;
+    double received, received_wall, done;
+    Py_ssize_t body_cap, kept, response_bytes, status;
+} Exchange;
+
+static PyTypeObject ExchangeType;
+
+static void view_of_exchange(View *v, Exchange *x) {
+    v->id = x->id;
+    v->request_id = x->request_id;
+    v->client = x->client;
+    v->method = x->method;
+    v->raw_path = x->raw_path;
+    v->query = x->query;
+    v->request_body = x->request_body;
+    v->ended = x->ended;
+    v->backend = x->backend;
+    v->error = x->error;
+    v->attempts = x->attempts;
+    v->request_headers = x->request_headers;
+    v->response_headers = x->response_headers;
+    v->chunks = x->chunks;
+    v->first_byte = x->first_byte;
+    v->received = x->received;
+    v->done = x->done;
+    v->status = x->status;
+    v->response_bytes = x->response_bytes;
+    v->kept = x->kept;
+}
+
+static PyObject *names_[A_COUNT];
+
+/* The view of any other object with the attributes (record.py's class): new references in
+ * ``a``. FALLBACK when one is missing or a number is not one. */
+static int view_of_object(View *v, PyObject *o, PyObject **a) {
+    for (int i = 0; i < A_COUNT; i++) {
+        if ((a[i] = PyObject_GetAttr(o, names_[i])) == NULL) {
+            PyErr_Clear();
+            return FALLBACK;
+        }
+    }
     if (!PyLong_CheckExact(a[A_STATUS]) || !PyLong_CheckExact(a[A_RESPONSE_BYTES]) || !PyLong_CheckExact(a[A_KEPT]))
         return FALLBACK;
-    long long response_bytes = PyLong_AsLongLong(a[A_RESPONSE_BYTES]), kept = PyLong_AsLongLong(a[A_KEPT]),
-              status = PyLong_AsLongLong(a[A_STATUS]);
+    v->id = a[A_ID];
+    v->request_id = a[A_REQUEST_ID];
+    v->client = a[A_CLIENT];
+    v->method = a[A_METHOD];
+    v->raw_path = a[A_RAW_PATH];
+    v->query = a[A_QUERY];
+    v->request_body = a[A_REQUEST_BODY];
+    v->ended = a[A_ENDED];
+    v->backend = a[A_BACKEND];
+    v->error = a[A_ERROR];
+    v->attempts = a[A_ATTEMPTS];
+    v->request_headers = a[A_REQUEST_HEADERS];
+    v->response_headers = a[A_RESPONSE_HEADERS];
+    v->chunks = a[A_CHUNKS];
+    v->first_byte = a[A_FIRST_BYTE];
+    v->status = PyLong_AsLongLong(a[A_STATUS]);
+    v->response_bytes = PyLong_AsLongLong(a[A_RESPONSE_BYTES]);
+    v->kept = PyLong_AsLongLong(a[A_KEPT]);
+    v->received = PyFloat_AsDouble(a[A_RECEIVED]);
+    v->done = PyFloat_AsDouble(a[A_DONE]);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return FALLBACK;
     }
-    if (response_bytes > kept || PyBytes_GET_SIZE(a[A_REQUEST_BODY]) > e->request_cap) return FALLBACK;
+    return 0;
+}
+
+static int put_record(Encoder *e, Buf *b, const View *v, double wall, PyObject *model) {
+    int rc;
+    /* What only the Python path handles. */
+    if (!PyBytes_Check(v->query) || PyBytes_GET_SIZE(v->query) != 0) return FALLBACK;
+    if (v->error != Py_None || v->first_byte == Py_None) return FALLBACK;
+    if (!PyBytes_Check(v->raw_path) || !PyBytes_Check(v->request_body) || !PyList_Check(v->chunks)) return FALLBACK;
+    long long response_bytes = v->response_bytes, status = v->status;
+    if (response_bytes > v->kept || PyBytes_GET_SIZE(v->request_body) > e->request_cap) return FALLBACK;
     PyObject *second = e->second;
     if (!PyList_CheckExact(second) || PyList_GET_SIZE(second) != 2) return FALLBACK;
     PyObject *prefix_str = PyList_GET_ITEM(second, 1);
     if (!PyUnicode_IS_COMPACT_ASCII(prefix_str)) return FALLBACK;
     const char *prefix = (const char *)PyUnicode_DATA(prefix_str);
     Py_ssize_t prefix_len = PyUnicode_GET_LENGTH(prefix_str);
-    double sec0 = PyFloat_AsDouble(PyList_GET_ITEM(second, 0)), received = PyFloat_AsDouble(a[A_RECEIVED]),
-           done = PyFloat_AsDouble(a[A_DONE]), first_byte = PyFloat_AsDouble(a[A_FIRST_BYTE]);
+    double sec0 = PyFloat_AsDouble(PyList_GET_ITEM(second, 0)), received = v->received, done = v->done,
+           first_byte = PyFloat_AsDouble(v->first_byte);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return FALLBACK;
@@ -763,39 +840,39 @@ static int put_record(Encoder *e, Buf *b, PyObject **a, double wall, PyObject *m
     Buf *request_headers = &e->request_headers, *response_headers = &e->response_headers;
     request_headers->len = response_headers->len = 0;
     int stream = 0, ignored = 0;
-    if ((rc = put_headers(e, response_headers, a[A_RESPONSE_HEADERS], &stream)) == 0 && !stream)
-        rc = put_headers(e, request_headers, a[A_REQUEST_HEADERS], &ignored);
+    if ((rc = put_headers(e, response_headers, v->response_headers, &stream)) == 0 && !stream)
+        rc = put_headers(e, request_headers, v->request_headers, &ignored);
     if (stream && !rc) rc = FALLBACK;
     if (rc) return rc;
 
-    const char *path = PyBytes_AS_STRING(a[A_RAW_PATH]);
-    Py_ssize_t path_len = PyBytes_GET_SIZE(a[A_RAW_PATH]);
+    const char *path = PyBytes_AS_STRING(v->raw_path);
+    Py_ssize_t path_len = PyBytes_GET_SIZE(v->raw_path);
     if ((rc = scan(&e->scanner, path, path_len, 0, 0))) return rc; /* latin-1 in Python: ASCII only here */
 
-    if ((rc = PUT(b, "{\"schema\":1,\"id\":")) || (rc = put_str(b, a[A_ID])) || (rc = PUT(b, ",\"request_id\":")) ||
-        (rc = put_str(b, a[A_REQUEST_ID])) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, e->instance)) ||
+    if ((rc = PUT(b, "{\"schema\":1,\"id\":")) || (rc = put_str(b, v->id)) || (rc = PUT(b, ",\"request_id\":")) ||
+        (rc = put_str(b, v->request_id)) || (rc = PUT(b, ",\"instance\":")) || (rc = put_str(b, e->instance)) ||
         (rc = PUT(b, ",\"received_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at)) ||
         (rc = PUT(b, ",\"first_byte_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at + ttfb)) ||
         (rc = PUT(b, ",\"done_at\":")) || (rc = put_stamp(b, prefix, prefix_len, at + latency)) ||
         (rc = PUT(b, ",\"latency_ms\":")) || (rc = put_ms(b, latency)) || (rc = PUT(b, ",\"ttfb_ms\":")) ||
-        (rc = put_ms(b, ttfb)) || (rc = PUT(b, ",\"client\":")) || (rc = put_str_or_null(b, a[A_CLIENT])) ||
-        (rc = PUT(b, ",\"method\":")) || (rc = put_str(b, a[A_METHOD])) || (rc = PUT(b, ",\"path\":")) ||
+        (rc = put_ms(b, ttfb)) || (rc = PUT(b, ",\"client\":")) || (rc = put_str_or_null(b, v->client)) ||
+        (rc = PUT(b, ",\"method\":")) || (rc = put_str(b, v->method)) || (rc = PUT(b, ",\"path\":")) ||
         (rc = put_string_utf8(b, path, path_len)) || (rc = PUT(b, ",\"query\":\"\",\"model\":")) ||
         (rc = put_str_or_null(b, model)) || (rc = PUT(b, ",\"status\":")) ||
         (rc = put_int(b, status)) || (rc = PUT(b, ",\"ended\":")) ||
-        (rc = put_str(b, a[A_ENDED])) || (rc = PUT(b, ",\"backend\":")) || (rc = put_str_or_null(b, a[A_BACKEND])) ||
-        (rc = PUT(b, ",\"error\":null,\"attempts\":")) || (rc = put_attempts(b, a[A_ATTEMPTS], received)) ||
+        (rc = put_str(b, v->ended)) || (rc = PUT(b, ",\"backend\":")) || (rc = put_str_or_null(b, v->backend)) ||
+        (rc = PUT(b, ",\"error\":null,\"attempts\":")) || (rc = put_attempts(b, v->attempts, received)) ||
         (rc = PUT(b, ",\"request\":{\"headers\":")) || (rc = put(b, request_headers->data, request_headers->len)) ||
         (rc = PUT(b, ",")))
         return rc;
-    if ((rc = put_body(e, b, PyBytes_AS_STRING(a[A_REQUEST_BODY]), PyBytes_GET_SIZE(a[A_REQUEST_BODY]),
-                       PyBytes_GET_SIZE(a[A_REQUEST_BODY]))))
+    if ((rc = put_body(e, b, PyBytes_AS_STRING(v->request_body), PyBytes_GET_SIZE(v->request_body),
+                       PyBytes_GET_SIZE(v->request_body))))
         return rc;
     if ((rc = PUT(b, "},\"response\":{\"headers\":")) || (rc = put(b, response_headers->data, response_headers->len)) ||
         (rc = PUT(b, ",")))
         return rc;
 
-    PyObject *chunks = a[A_CHUNKS];
+    PyObject *chunks = v->chunks;
     Py_ssize_t nchunks = PyList_GET_SIZE(chunks);
     if (nchunks == 1 && PyBytes_Check(PyList_GET_ITEM(chunks, 0))) {
         PyObject *chunk = PyList_GET_ITEM(chunks, 0);
@@ -814,45 +891,32 @@ static int put_record(Encoder *e, Buf *b, PyObject **a, double wall, PyObject *m
     return PUT(b, ",\"stream\":false,\"text\":null,\"usage\":null}}");
 }
 
-static PyObject *names_[A_COUNT];
-
 /* The line for one exchange (received at ``wall``, or at its received_wall when ``wall`` is NaN),
  * Py_None when it is the Python path's, NULL with an exception when out of memory. ``held`` gets
  * the bytes the exchange holds as the memory queue counts them, when it can tell. */
 static PyObject *encode_one(Encoder *e, PyObject *exchange, double wall, double offset, long long *held) {
     PyObject *a[A_COUNT] = {NULL};
     PyObject *model = NULL, *result = NULL;
+    View v;
     int rc = 0;
-    for (int i = 0; i < A_COUNT; i++) {
-        if ((a[i] = PyObject_GetAttr(exchange, names_[i])) == NULL) {
-            rc = -1;
-            break;
-        }
-    }
+    if (Py_IS_TYPE(exchange, &ExchangeType)) view_of_exchange(&v, (Exchange *)exchange);
+    else rc = view_of_object(&v, exchange, a);
     if (rc == 0) {
-        if (held != NULL && PyBytes_Check(a[A_REQUEST_BODY]) && PyLong_CheckExact(a[A_KEPT])) {
-            long long kept = PyLong_AsLongLong(a[A_KEPT]);
-            if (kept == -1 && PyErr_Occurred()) PyErr_Clear();
-            else *held = PyBytes_GET_SIZE(a[A_REQUEST_BODY]) + kept;
-        }
-        if (isnan(wall)) {
-            double received = PyFloat_AsDouble(a[A_RECEIVED]);
-            wall = received + offset;
-            if (received == -1.0 && PyErr_Occurred()) rc = -1;
-        }
+        if (held != NULL && PyBytes_Check(v.request_body)) *held = PyBytes_GET_SIZE(v.request_body) + v.kept;
+        if (isnan(wall)) wall = v.received + offset;
     }
-    if (rc == 0 && PyBytes_Check(a[A_REQUEST_BODY])) {
+    if (rc == 0 && PyBytes_Check(v.request_body)) {
         /* The model a JSON body names, as record._model finds it (only bodies that mention one). */
-        const char *body = PyBytes_AS_STRING(a[A_REQUEST_BODY]);
-        Py_ssize_t n = PyBytes_GET_SIZE(a[A_REQUEST_BODY]);
+        const char *body = PyBytes_AS_STRING(v.request_body);
+        Py_ssize_t n = PyBytes_GET_SIZE(v.request_body);
         if (n >= 7 && memmem(body, (size_t)n, "\"model\"", 7) != NULL) {
-            model = PyObject_CallOneArg(e->model_of, a[A_REQUEST_BODY]);
+            model = PyObject_CallOneArg(e->model_of, v.request_body);
             if (model == NULL) rc = -1;
         }
     }
     Buf *b = &e->out;
     b->len = 0;
-    if (rc == 0) rc = put_record(e, b, a, wall, model ? model : Py_None);
+    if (rc == 0) rc = put_record(e, b, &v, wall, model ? model : Py_None);
     for (int i = 0; i < A_COUNT; i++) Py_XDECREF(a[i]);
     Py_XDECREF(model);
     if (rc < 0 && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
@@ -1037,6 +1101,177 @@ static PyTypeObject EncoderType = {
     .tp_methods = Encoder_methods,
 };
 
+/* -- record.Exchange ---------------------------------------------------------------------- */
+
+static PyObject *S_complete, *S_empty, *B_empty, *T_empty, *NO_ATTEMPTS;
+
+static PyObject *exchange_make(PyTypeObject *type, PyObject *const *args) {
+    double received = PyFloat_AsDouble(args[1]);
+    if (received == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t body_cap = PyLong_AsSsize_t(args[7]);
+    if (body_cap == -1 && PyErr_Occurred()) return NULL;
+    Exchange *x = (Exchange *)type->tp_alloc(type, 0);
+    if (x == NULL) return NULL;
+    if ((x->chunks = PyList_New(0)) == NULL || (x->tail = PyList_New(0)) == NULL) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    x->id = Py_NewRef(args[0]);
+    x->received = x->done = received;
+    x->method = Py_NewRef(args[2]);
+    x->raw_path = Py_NewRef(args[3]);
+    x->query = Py_NewRef(args[4]);
+    x->request_headers = Py_NewRef(args[5]);
+    x->client = Py_NewRef(args[6]);
+    x->body_cap = body_cap;
+    x->request_id = Py_NewRef(S_empty);
+    x->request_body = Py_NewRef(B_empty);
+    x->response_headers = Py_NewRef(T_empty);
+    x->first_byte = Py_NewRef(Py_None);
+    x->ended = Py_NewRef(S_complete);
+    x->error = Py_NewRef(Py_None);
+    x->backend = Py_NewRef(Py_None);
+    x->attempts = Py_NewRef(NO_ATTEMPTS);
+    return (PyObject *)x;
+}
+
+static PyObject *Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"record_id", "received", "method", "raw_path", "query", "request_headers", "client",
+                               "body_cap", NULL};
+    PyObject *a[8];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:Exchange", keywords, &a[0], &a[1], &a[2], &a[3], &a[4],
+                                     &a[5], &a[6], &a[7]))
+        return NULL;
+    return exchange_make(type, a);
+}
+
+/* The request path's call, eight positional arguments, without an argument tuple; any other
+ * call goes through Exchange_new. */
+static PyObject *Exchange_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs == 8 && nkw == 0) return exchange_make((PyTypeObject *)type, args);
+    PyObject *tuple = PyTuple_New(nargs), *dict = nkw ? PyDict_New() : NULL, *result = NULL;
+    if (tuple == NULL || (nkw && dict == NULL)) goto out;
+    for (Py_ssize_t i = 0; i < nargs; i++) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(dict, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) goto out;
+    }
+    result = Exchange_new((PyTypeObject *)type, tuple, dict);
+out:
+    Py_XDECREF(tuple);
+    Py_XDECREF(dict);
+    return result;
+}
+
+PyDoc_STRVAR(add_doc, "add(chunk)\n--\n\nCount a response body chunk sent to the client, keeping it while under "
+                      "the cap (later chunks: only the last four).");
+
+static PyObject *Exchange_add(Exchange *x, PyObject *chunk) {
+    Py_ssize_t n = PyBytes_Check(chunk) ? PyBytes_GET_SIZE(chunk) : PyObject_Size(chunk);
+    if (n < 0) return NULL;
+    PyObject *to = x->kept < x->body_cap ? x->chunks : x->tail;
+    if (!PyList_Check(to)) {
+        PyErr_SetString(PyExc_TypeError, "Exchange.add(): chunks and tail must be lists");
+        return NULL;
+    }
+    if (PyList_Append(to, chunk) < 0) return NULL;
+    x->response_bytes += n;
+    if (to == x->chunks) x->kept += n;
+    else if (PyList_GET_SIZE(to) > 4 && PyList_SetSlice(to, 0, 1, NULL) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(respond_doc, "respond(status, headers, first_byte)\n--\n\nThe response's status, the replica's "
+                          "headers and when its first byte came (monotonic seconds).");
+
+static PyObject *Exchange_respond(Exchange *x, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "respond() takes 3 arguments: status, headers, first_byte");
+        return NULL;
+    }
+    Py_ssize_t status = PyLong_AsSsize_t(args[0]);
+    if (status == -1 && PyErr_Occurred()) return NULL;
+    x->status = status;
+    Py_SETREF(x->response_headers, Py_NewRef(args[1]));
+    Py_SETREF(x->first_byte, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Exchange_methods[] = {
+    {"add", (PyCFunction)Exchange_add, METH_O, add_doc},
+    {"respond", (PyCFunction)(void (*)(void))Exchange_respond, METH_FASTCALL, respond_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+#define OBJ(name) {#name, T_OBJECT_EX, offsetof(Exchange, name), 0, NULL}
+static PyMemberDef Exchange_members[] = {
+    OBJ(id), OBJ(request_id), OBJ(method), OBJ(raw_path), OBJ(query), OBJ(request_headers), OBJ(client),
+    OBJ(request_body), OBJ(response_headers), OBJ(first_byte), OBJ(chunks), OBJ(tail), OBJ(ended), OBJ(error),
+    OBJ(backend), OBJ(attempts),
+    {"received", T_DOUBLE, offsetof(Exchange, received), 0, NULL},
+    {"received_wall", T_DOUBLE, offsetof(Exchange, received_wall), 0, NULL},
+    {"done", T_DOUBLE, offsetof(Exchange, done), 0, NULL},
+    {"body_cap", T_PYSSIZET, offsetof(Exchange, body_cap), 0, NULL},
+    {"kept", T_PYSSIZET, offsetof(Exchange, kept), 0, NULL},
+    {"response_bytes", T_PYSSIZET, offsetof(Exchange, response_bytes), 0, NULL},
+    {"status", T_PYSSIZET, offsetof(Exchange, status), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+#undef OBJ
+
+#define EXCHANGE_OBJECTS(apply)                                                                                    \
+    apply(x->id);                                                                                                  \
+    apply(x->request_id);                                                                                          \
+    apply(x->method);                                                                                              \
+    apply(x->raw_path);                                                                                            \
+    apply(x->query);                                                                                               \
+    apply(x->request_headers);                                                                                     \
+    apply(x->client);                                                                                              \
+    apply(x->request_body);                                                                                        \
+    apply(x->response_headers);                                                                                    \
+    apply(x->first_byte);                                                                                          \
+    apply(x->chunks);                                                                                              \
+    apply(x->tail);                                                                                                \
+    apply(x->ended);                                                                                               \
+    apply(x->error);                                                                                               \
+    apply(x->backend);                                                                                             \
+    apply(x->attempts)
+
+static int Exchange_traverse(Exchange *x, visitproc visit, void *arg) {
+    EXCHANGE_OBJECTS(Py_VISIT);
+    return 0;
+}
+
+static int Exchange_clear(Exchange *x) {
+    EXCHANGE_OBJECTS(Py_CLEAR);
+    return 0;
+}
+
+static void Exchange_dealloc(Exchange *x) {
+    PyObject_GC_UnTrack(x);
+    Exchange_clear(x);
+    Py_TYPE(x)->tp_free((PyObject *)x);
+}
+
+PyDoc_STRVAR(Exchange_doc,
+             "Exchange(record_id, received, method, raw_path, query, request_headers, client, body_cap)\n--\n\n"
+             "A request/response pair as the proxy saw it: record.py's Exchange, in C.");
+
+static PyTypeObject ExchangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "haproxy_ai.mirror._fastrecord.Exchange",
+    .tp_basicsize = sizeof(Exchange),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = Exchange_doc,
+    .tp_new = Exchange_new,
+    .tp_vectorcall = Exchange_vectorcall,
+    .tp_dealloc = (destructor)Exchange_dealloc,
+    .tp_traverse = (traverseproc)Exchange_traverse,
+    .tp_clear = (inquiry)Exchange_clear,
+    .tp_methods = Exchange_methods,
+    .tp_members = Exchange_members,
+};
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_fastrecord", "The mirror record encoder's common case (see record.py).", -1, NULL,
     NULL, NULL, NULL, NULL,
@@ -1062,10 +1297,14 @@ PyMODINIT_FUNC PyInit__fastrecord(void) {
         !(S_headers_at = PyUnicode_InternFromString("headers_at")) || !(S_ended = PyUnicode_InternFromString("ended")) ||
         !(S_received_wall = PyUnicode_InternFromString("received_wall")))
         return NULL;
-    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    if (!(S_complete = PyUnicode_InternFromString("complete")) || !(S_empty = PyUnicode_InternFromString("")) ||
+        !(B_empty = PyBytes_FromStringAndSize("", 0)) || !(T_empty = PyTuple_New(0)) || !(NO_ATTEMPTS = PyList_New(0)))
+        return NULL;
+    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&ExchangeType) < 0) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
-    if (PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0) {
+    if (PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0 ||
+        PyModule_AddObjectRef(module, "Exchange", (PyObject *)&ExchangeType) < 0) {
         Py_DECREF(module);
         return NULL;
     }
