@@ -329,3 +329,41 @@ def test_sigterm_with_open_streams_leaves_exactly_one_record_per_request(stack: 
         cut = by_id[f"open-{i}"]
         assert cut["ended"] == "truncated" and cut["status"] == 200, cut
         assert "data: [DONE]" not in cut["response"]["body"]
+
+
+def test_the_writer_takes_a_batch_before_a_small_queue_fills(tmp_path: Path) -> None:
+    # The writer lingers so that writes are few and large, but not while a small queue fills up:
+    # with queue_size 8 it takes the lines once 4 are encoded, without waiting for the linger.
+    from prometheus_client import CollectorRegistry
+
+    from haproxy_ai.clock import SystemClock
+    from haproxy_ai.mirror.service import Mirror
+    from haproxy_ai.settings import MirrorSettings
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        settings = MirrorSettings(enabled=True, spool_dir=str(tmp_path / "spool"), queue_size=8)
+        clock = SystemClock()
+        mirror = Mirror(settings, registry=CollectorRegistry(), clock=clock)
+        await mirror.start()
+        release = threading.Event()
+        assert mirror._executor is not None
+        stalled = mirror._executor.submit(release.wait, 30)  # the spool thread is busy: writes wait
+        taken = []
+        try:
+            for _ in range(4):
+                exchange = mirror.begin(clock.monotonic(), "GET", b"/v1/models", b"", [(b"host", b"h")], None)
+                assert exchange is not None
+                exchange.respond(200, [(b"content-type", b"application/json")], exchange.received)
+                assert mirror.offer(exchange)
+                for _turn in range(3):  # the encode callback, then the writer's turn
+                    await asyncio.sleep(0)
+                taken.append(len(mirror._lines))
+        finally:
+            release.set()
+            stalled.result(30)
+            await mirror.close()
+        return mirror.queued(), len(spooled(tmp_path / "spool")), taken
+
+    queued, stored, taken = asyncio.run(scenario())
+    assert taken == [1, 2, 3, 0]  # the fourth line woke the writer, which took all four
+    assert (queued, stored) == (0, 4)

@@ -39,7 +39,8 @@ log = logging.getLogger("haproxy_ai.mirror")
 T = TypeVar("T")
 
 _BATCH = 128  # records encoded per step: bounds how long the writer holds the event loop
-_LINGER = 0.01  # seconds the writer waits for a batch to gather (records are durable after fsync_interval anyway)
+_LINGER = 0.05  # seconds the writer waits for a batch to gather (records are durable after fsync_interval anyway)
+_WRITE_BATCH = 1024  # records that end the linger early (at most; see _write_at)
 _SHIPPER_POLL = 1.0  # shippers re-check the spool at least this often (rotation by age, recovery)
 
 
@@ -87,6 +88,8 @@ class Mirror:
         self._queue_size = settings.queue_size
         self._queue_max_bytes = settings.queue_max_bytes
         self._queued_bytes = 0
+        # Lines that end the writer's linger early: well before a small queue would fill.
+        self._write_at = max(1, min(_WRITE_BATCH, settings.queue_size // 2))
         # Records' wall-clock receipt times come from their monotonic ones plus this offset, which
         # the writer refreshes every fsync_interval: no wall-clock read per request.
         self._wall_offset = clock.time() - clock.monotonic()
@@ -109,6 +112,7 @@ class Mirror:
         self._sink_settings = {s.name: s for s in settings.sinks}
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Future[None] | None = None
+        self._wake_pending = False
         self._space: asyncio.Event | None = None
         self._new_data: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,6 +203,7 @@ class Mirror:
             if self._space is None:
                 self._space = asyncio.Event()
             self._space.clear()
+            self._wakeup()  # someone waits: no lingering
             await self._space.wait()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -266,7 +271,9 @@ class Mirror:
 
     def _wakeup(self) -> None:
         wake = self._wake
-        if wake is not None and not wake.done():
+        if wake is None:
+            self._wake_pending = True  # the writer is busy: it goes round again at once
+        elif not wake.done():
             wake.set_result(None)
 
     # -- writer ---------------------------------------------------------------------------------
@@ -285,7 +292,7 @@ class Mirror:
         if self._queue and self._loop is not None:
             self._encode_scheduled = True
             self._loop.call_soon(self._encode)
-        if len(lines) >= _BATCH:
+        if len(lines) >= self._write_at or self._queued_bytes >= self._queue_max_bytes // 2:
             self._wakeup()
         elif lines and self._linger is None and self._loop is not None:
             # Let a batch gather: each write is a round trip to the spool thread.
@@ -299,13 +306,17 @@ class Mirror:
         self._wakeup()
 
     async def _write_loop(self) -> None:
+        """Write the encoded lines when woken -- by the linger, a full batch or the fsync tick --
+        never straight after a write: each write is a round trip to the spool thread, and each
+        of those costs the event loop a few forced thread switches (the GIL), so fewer, larger
+        writes are cheaper per record."""
         loop = asyncio.get_running_loop()
         interval = self.settings.fsync_interval
         last_tick = loop.time()
         while True:
-            if not self._lines:
-                if self._closing and not self._queue:
-                    break
+            if self._wake_pending:
+                self._wake_pending = False
+            elif not self._closing:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
                 timer = loop.call_later(max(interval - (loop.time() - last_tick), 0.0), self._wakeup)
@@ -318,15 +329,24 @@ class Mirror:
                 if self._space is not None:
                     self._space.set()
                 await self._write(lines)
-            if loop.time() - last_tick >= interval or (self._closing and not self._lines):
+            if loop.time() - last_tick >= interval or self._closing:
                 last_tick = loop.time()
                 self._wall_offset = self.clock.time() - self.clock.monotonic()
-                try:
-                    await self._run(self.spool.tick)
-                except OSError as exc:
-                    log.error("mirror: cannot sync the spool: %s", exc.strerror or exc)
-                self._stats = await self._run(self.spool.stats)
+                self._stats, error = await self._run(self._tick)
+                if error is not None:
+                    log.error("mirror: cannot sync the spool: %s", error.strerror or error)
                 self._notify()
+            if self._closing and not self._lines and not self._queue:
+                break
+
+    def _tick(self) -> tuple[SpoolStats, OSError | None]:
+        """The spool's periodic upkeep (fsync first) and its stats, in one trip to its thread."""
+        error = None
+        try:
+            self.spool.tick()
+        except OSError as exc:
+            error = exc
+        return self.spool.stats(), error
 
     async def _write(self, lines: list[bytes]) -> None:
         m = self.metrics
