@@ -306,3 +306,18 @@ def test_both_exchange_classes_make_the_same_record(change: dict[str, Any]) -> N
         lines.append(record.encode(ex, redactor, "node-a", 1 << 20))
         lines.append(record._ENCODER.encode(record.build(ex, redactor, "node-a", 1 << 20)))
     assert len(set(lines)) == 1
+
+
+def test_an_exchange_missing_an_attribute_is_dropped_and_reported_not_a_crash() -> None:
+    failures: list[int] = []
+    encoder = record.RecordEncoder(
+        Redactor.from_settings(RedactSettings()), "node-a", 1 << 20, lambda: failures.append(1)
+    )
+    broken = _exchange()
+    del broken.backend
+    lines: list[bytes] = []
+    encoder.batch([broken, _exchange()], lines, WALL - 500.0)
+    assert len(lines) == 1 and failures == [1]
+    with pytest.raises(TypeError):
+        del broken.chunks
+        broken.add(b"more")

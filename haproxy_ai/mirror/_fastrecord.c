@@ -747,7 +747,7 @@ typedef struct {
 
 static PyTypeObject ExchangeType;
 
-static void view_of_exchange(View *v, Exchange *x) {
+static int view_of_exchange(View *v, Exchange *x) {
     v->id = x->id;
     v->request_id = x->request_id;
     v->client = x->client;
@@ -768,6 +768,14 @@ static void view_of_exchange(View *v, Exchange *x) {
     v->status = x->status;
     v->response_bytes = x->response_bytes;
     v->kept = x->kept;
+    /* An attribute deleted from Python: the Python path reports it. */
+    PyObject *const held[] = {v->id,         v->request_id, v->client,   v->method,          v->raw_path,
+                              v->query,      v->request_body, v->ended,  v->backend,         v->error,
+                              v->attempts,   v->request_headers, v->response_headers, v->chunks, v->first_byte};
+    for (size_t i = 0; i < sizeof held / sizeof held[0]; i++) {
+        if (held[i] == NULL) return FALLBACK;
+    }
+    return 0;
 }
 
 static PyObject *names_[A_COUNT];
@@ -899,7 +907,7 @@ static PyObject *encode_one(Encoder *e, PyObject *exchange, double wall, double 
     PyObject *model = NULL, *result = NULL;
     View v;
     int rc = 0;
-    if (Py_IS_TYPE(exchange, &ExchangeType)) view_of_exchange(&v, (Exchange *)exchange);
+    if (Py_IS_TYPE(exchange, &ExchangeType)) rc = view_of_exchange(&v, (Exchange *)exchange);
     else rc = view_of_object(&v, exchange, a);
     if (rc == 0) {
         if (held != NULL && PyBytes_Check(v.request_body)) *held = PyBytes_GET_SIZE(v.request_body) + v.kept;
@@ -1004,27 +1012,24 @@ static PyMethodDef Encoder_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Every object an Encoder holds, for traverse and clear. */
+#define ENCODER_OBJECTS(apply)                                                                                     \
+    apply(e->fields);                                                                                              \
+    apply(e->listed);                                                                                              \
+    apply(e->replacement);                                                                                         \
+    apply(e->literals);                                                                                            \
+    apply(e->header_names);                                                                                        \
+    apply(e->instance);                                                                                            \
+    apply(e->second);                                                                                              \
+    apply(e->model_of)
+
 static int Encoder_traverse(Encoder *e, visitproc visit, void *arg) {
-    Py_VISIT(e->fields);
-    Py_VISIT(e->listed);
-    Py_VISIT(e->replacement);
-    Py_VISIT(e->literals);
-    Py_VISIT(e->header_names);
-    Py_VISIT(e->instance);
-    Py_VISIT(e->second);
-    Py_VISIT(e->model_of);
+    ENCODER_OBJECTS(Py_VISIT);
     return 0;
 }
 
 static int Encoder_clear(Encoder *e) {
-    Py_CLEAR(e->fields);
-    Py_CLEAR(e->listed);
-    Py_CLEAR(e->replacement);
-    Py_CLEAR(e->literals);
-    Py_CLEAR(e->header_names);
-    Py_CLEAR(e->instance);
-    Py_CLEAR(e->second);
-    Py_CLEAR(e->model_of);
+    ENCODER_OBJECTS(Py_CLEAR);
     return 0;
 }
 
@@ -1170,7 +1175,7 @@ static PyObject *Exchange_add(Exchange *x, PyObject *chunk) {
     Py_ssize_t n = PyBytes_Check(chunk) ? PyBytes_GET_SIZE(chunk) : PyObject_Size(chunk);
     if (n < 0) return NULL;
     PyObject *to = x->kept < x->body_cap ? x->chunks : x->tail;
-    if (!PyList_Check(to)) {
+    if (to == NULL || !PyList_Check(to)) {
         PyErr_SetString(PyExc_TypeError, "Exchange.add(): chunks and tail must be lists");
         return NULL;
     }
@@ -1220,6 +1225,7 @@ static PyMemberDef Exchange_members[] = {
 };
 #undef OBJ
 
+/* Every object an Exchange holds, for traverse and clear. */
 #define EXCHANGE_OBJECTS(apply)                                                                                    \
     apply(x->id);                                                                                                  \
     apply(x->request_id);                                                                                          \
