@@ -272,9 +272,17 @@ class ChildProcess:
         return self.popen.wait(timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``sig`` (SIGTERM: what docker stop and the kubelet send); the exit code."""
+        """Send ``sig`` (SIGTERM: what docker stop and the kubelet send); the exit code. A child
+        that does not exit in time fails the test with what it printed (its shutdown log)."""
         self.popen.send_signal(sig)
-        return self.popen.wait(timeout)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+            raise AssertionError(
+                f"{self.args}: still running {timeout}s after {sig.name}; output:\n{self.output(5)[-6000:]}"
+            ) from None
 
 
 @contextmanager
