@@ -250,20 +250,28 @@ class Mirror:
             for event in self._new_data.values():
                 event.set()
             await asyncio.sleep(0.05)
+        for name, pending in self._stats.pending.items():
+            if pending:
+                log.warning("mirror: %d records not yet delivered to sink %s stay in the spool for the next start",
+                            pending, name)  # fmt: skip
+        log.debug("mirror: stopping the shippers")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
-        for sink in self.sinks.values():
+        for name, sink in self.sinks.items():
+            log.debug("mirror: closing sink %s", name)
             with contextlib.suppress(Exception):
                 await sink.aclose()
+        log.debug("mirror: closing the spool")
         with contextlib.suppress(Exception):
             await self._run(self.spool.close)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        log.debug("mirror: closed")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._executor is not None
