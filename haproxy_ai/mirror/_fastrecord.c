@@ -1,14 +1,14 @@
 /* The mirror record encoder's common case, in C (optional: record.py works without it).
  *
  * An Encoder writes the same bytes as record.py's Python path for an exchange that needs no
- * redaction work beyond cache lookups: every header field known (from the Redactor's caches) or
- * plain (ASCII; a listed name, or a value no pattern can match), each then kept here as its
- * finished JSON text, an ASCII path, UTF-8 bodies, all free of every pattern's required
- * literal (so no pattern can match them; see scan()), no query
- * string, no error, not a stream, nothing truncated, all three timestamps within the cached
- * second. It redacts nothing itself. For anything else it hands the exchange to the Python path
- * (``fallback``), which also fills the caches. tests/test_mirror_native.py holds the two paths
- * to the same bytes.
+ * pattern applied: every header field known (from the Redactor's caches) or plain (ASCII; a
+ * listed name, whose value becomes the replacement, or a value no pattern can match), each then
+ * kept here as its finished JSON text; an ASCII path; UTF-8 bodies; all free of every pattern's
+ * required literal (so no pattern can match them; see scan()); no query string, no error, not a
+ * stream, nothing truncated, all three timestamps within the cached second. For anything else
+ * it hands the exchange to the Python path (``fallback``), which also fills the caches.
+ * Exchange is record.py's Exchange class in C. tests/test_mirror_native.py holds the two paths
+ * (and the two Exchange classes) to the same bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
