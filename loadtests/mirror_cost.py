@@ -1,6 +1,6 @@
 """What mirroring costs: haproxy-ai without and with ``mirror`` (100% sampling), A/B interleaved.
 
-Run: ``python loadtests/mirror_cost.py [--rounds 8] [--duration 3] [--sample-rate 1.0] [--together]``
+Run: ``python loadtests/mirror_cost.py [--rounds 8] [--duration 3] [--sample-rate 1.0] [--together] [--aa]``
 (needs wrk; nginx for the backend, else the same tiny uvloop server bench.py uses).
 
 Both proxies run the whole time, each pinned to CPU 0 (one process, as in bench.py); the backend
@@ -10,7 +10,8 @@ process, every thread included: encoding, the spool thread, fsync) divided by th
 served. CPU per request is the steadier number on a noisy VM; the cost is reported on both as
 medians over the rounds. ``--together`` loads both proxies at the same time instead: they split
 CPU 0, so a slow spell of the VM hits both within the same seconds, and the lost throughput of
-the mirroring one is its cost at an equal share of the core.
+the mirroring one is its cost at an equal share of the core. ``--aa`` turns mirroring off in
+both: the "cost" it reports is the method's own noise.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="load both proxies at once on the shared core instead of in turn (steadier on a noisy VM)",
     )
+    ap.add_argument(
+        "--aa",
+        action="store_true",
+        help="mirroring off in both proxies: what the method reads when there is nothing to measure (its noise)",
+    )
     args = ap.parse_args(argv)
     if not 0 < args.sample_rate <= 1:
         ap.error(f"--sample-rate must be in (0, 1], got {args.sample_rate:g}")
@@ -133,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     with fixed_backend_scratch("haproxy-ai-mirror-cost-") as (procs, tmp, backend):
         config = tmp / "mirror.yaml"
         config.write_text(f"mirror: {{enabled: true, spool_dir: '{tmp / 'spool'}', sample_rate: {args.sample_rate}}}\n")
-        targets = {"off": start(procs, backend, "proxy-off", None), "on": start(procs, backend, "proxy-on", config)}
+        targets = {
+            "off": start(procs, backend, "proxy-off", None),
+            "on": start(procs, backend, "proxy-on", None if args.aa else config),
+        }
         if args.together:
             paired = measure_together(wrk, targets, args.rounds, args.duration)
             throughput = statistics.median(t for t, _ in paired)
