@@ -454,7 +454,7 @@ class RecordEncoder:
             line: bytes | None = self._native.line(exchange)
             if line is not None:
                 return line
-        return _ENCODER.encode(build(exchange, self._redactor, self._instance, self._request_cap))
+        return self._python(exchange)
 
     def batch(self, exchanges: list[Exchange], lines: list[bytes], wall_offset: float) -> int:
         """Append each exchange's line to ``lines`` in order, receipt times being ``received +
@@ -473,10 +473,14 @@ class RecordEncoder:
                 change += len(line)
         return change
 
+    def _python(self, exchange: Exchange) -> bytes:
+        return _ENCODER.encode(build(exchange, self._redactor, self._instance, self._request_cap))
+
     def _python_line(self, exchange: Exchange) -> bytes | None:
+        """A batch's Python path: the line, or None (reported) for a record it cannot encode."""
         exchange.received_wall = exchange.received + self._offset
         try:
-            return _ENCODER.encode(build(exchange, self._redactor, self._instance, self._request_cap))
+            return self._python(exchange)
         except Exception as exc:  # a bug, never a reason to stop mirroring
             log.error("mirror: cannot encode record %s: %s", exchange.id, type(exc).__name__)
             if self.on_error is not None:
